@@ -1,0 +1,244 @@
+"""Composition root: the only place that builds concrete classes, and the server's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from llmgateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from llmgateway_server.auth import Authenticator
+from llmgateway_server.clock import Clock, SystemClock
+from llmgateway_server.config import (
+    AnthropicProviderConfig,
+    GatewayConfig,
+    MockProviderConfig,
+    OpenAICompatibleProviderConfig,
+    OpenAIProviderConfig,
+    ProviderConfig,
+)
+from llmgateway_server.gateway import Gateway
+from llmgateway_server.pipeline import Pipeline, Policy
+from llmgateway_server.pipeline.ledger import LedgerPolicy
+from llmgateway_server.providers.anthropic import AnthropicProvider
+from llmgateway_server.providers.base import Provider
+from llmgateway_server.providers.http import HttpTransportName, build_http_client
+from llmgateway_server.providers.mock import MockProvider
+from llmgateway_server.providers.openai import OpenAIProvider
+from llmgateway_server.routes import build_routes
+from llmgateway_server.routing import Router
+from llmgateway_server.secrets import Secret
+from llmgateway_server.storage.base import UsageLedger
+from llmgateway_server.storage.log_ledger import LogLedger
+from llmgateway_server.tokens import Tokenizers
+from llmgateway_server.transport.interceptors import RequestContextInterceptor
+from llmgateway_server.transport.servicer import GatewayServicer
+
+log = logging.getLogger("llmgateway.server")
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+def build_provider(
+    name: str, config: ProviderConfig, key: Secret | None, transport: HttpTransportName
+) -> Provider:
+    """One provider adapter with its own connection pool."""
+    if isinstance(config, MockProviderConfig):
+        return MockProvider(
+            name,
+            first_token_latency_s=config.first_token_latency_ms / 1000,
+            chunk_latency_s=config.chunk_latency_ms / 1000,
+            words_per_chunk=config.words_per_chunk,
+            reply=config.reply,
+        )
+    client = build_http_client(
+        transport=transport,
+        max_connections=config.max_connections,
+        max_keepalive_connections=config.max_keepalive_connections,
+        keepalive_expiry_s=config.keepalive_expiry_s,
+        connect_timeout_s=config.connect_timeout_s,
+    )
+    if isinstance(config, AnthropicProviderConfig):
+        assert key is not None, "config validation requires an anthropic key"
+        return AnthropicProvider(
+            name,
+            client,
+            base_url=config.base_url,
+            api_key=key,
+            anthropic_version=config.anthropic_version,
+            connect_timeout_s=config.connect_timeout_s,
+        )
+    if isinstance(config, OpenAIProviderConfig | OpenAICompatibleProviderConfig):
+        return OpenAIProvider(
+            name,
+            client,
+            base_url=config.base_url,
+            api_key=key,
+            connect_timeout_s=config.connect_timeout_s,
+            stream_usage=getattr(config, "stream_usage", True),
+        )
+    raise AssertionError(f"unhandled provider config {type(config).__name__}")
+
+
+@dataclass
+class Components:
+    """Everything the server runs on, built from one config."""
+
+    gateway: Gateway
+    authenticator: Authenticator
+    providers: dict[str, Provider]
+    ledger: UsageLedger
+    secrets: list[str] = field(default_factory=list)
+
+
+def build_components(
+    config: GatewayConfig,
+    provider_keys: Mapping[str, Secret | None],
+    tenant_keys: Mapping[str, str],
+    *,
+    clock: Clock | None = None,
+    ledger: UsageLedger | None = None,
+) -> Components:
+    """Wire the gateway from a validated config and the resolved secrets."""
+    clock = clock or SystemClock()
+    transport = config.server.http_transport
+    providers = {
+        name: build_provider(name, pc, provider_keys.get(name), transport)
+        for name, pc in config.providers.items()
+    }
+    tokenizers = Tokenizers(config.tokenizer.encodings_dir)
+    routes = build_routes(config, providers, tokenizers)
+    authenticator = Authenticator(
+        tenant_keys,
+        {t.name: t.routes for t in config.auth.tenants},
+        config.auth.anonymous_tenant,
+    )
+    ledger = ledger or LogLedger()
+    policies: list[Policy] = [LedgerPolicy(ledger, clock)]
+    pipeline = Pipeline(policies, Router(clock), clock)
+    gateway = Gateway(
+        routes=routes,
+        pipeline=pipeline,
+        authenticator=authenticator,
+        ledger=ledger,
+        clock=clock,
+        default_deadline_s=config.server.default_deadline_s,
+    )
+    return Components(
+        gateway=gateway,
+        authenticator=authenticator,
+        providers=providers,
+        ledger=ledger,
+        secrets=[s.reveal() for s in provider_keys.values() if s is not None],
+    )
+
+
+def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    """Message-size limits and keepalive: reject oversized requests, reap dead peers."""
+    s = config.server
+    return [
+        ("grpc.max_receive_message_length", s.max_request_bytes),
+        ("grpc.max_send_message_length", s.max_response_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", 30 * 60_000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GatewayServer:
+    """The gRPC server: gateway service, health, reflection, graceful shutdown."""
+
+    def __init__(self, config: GatewayConfig, components: Components) -> None:
+        self._config = config
+        self._components = components
+        self.health = HealthServicer()
+        self._server = aio.server(
+            interceptors=[
+                RequestContextInterceptor(
+                    components.authenticator, access_log_enabled=config.server.access_log
+                )
+            ],
+            options=server_options(config),
+            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+        )
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(components.gateway), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self, listen: str | None = None) -> int:
+        """Bind, start, and report SERVING. Returns the bound port."""
+        address = listen or self._config.server.listen
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within the
+        grace period, cancel the rest, then close the providers and the ledger."""
+        if self._stopped.is_set():
+            return
+        grace = self._config.server.grace_period_s if grace_s is None else grace_s
+        log.info("shutting down", extra={"grace_period_s": grace})
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        for provider in self._components.providers.values():
+            await provider.aclose()
+        await self._components.ledger.aclose()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        """Until ``stop`` has finished."""
+        await self._stopped.wait()
+
+
+async def serve(
+    config: GatewayConfig, components: Components, *, listen: str | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = GatewayServer(config, components)
+    port = await server.start(listen)
+    host = (listen or config.server.listen).rpartition(":")[0]
+    log.info("serving", extra={"address": f"{host}:{port}", "routes": sorted(config.routes)})
+    loop = asyncio.get_running_loop()
+    stop_tasks: set[asyncio.Task[None]] = set()
+
+    def on_signal(signum: int) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        task = loop.create_task(server.stop())
+        stop_tasks.add(task)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    print(f"llmgateway listening on {host}:{port}", flush=True)
+    try:
+        await server.wait_stopped()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,98 @@
+"""``llmgateway run | check-config | health``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from llmgateway_server.config import GatewayConfig, load_config, resolve_secrets
+from llmgateway_server.errors import ConfigError
+
+
+def _load(path: str | None) -> GatewayConfig:
+    return load_config(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llmgateway_server.app import build_components, serve
+    from llmgateway_server.observability import configure_logging
+
+    config = _load(args.config)
+    provider_keys, tenant_keys = resolve_secrets(config)
+    configure_logging(
+        config.server.log_level, [k.reveal() for k in provider_keys.values() if k is not None]
+    )
+    if config.server.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
+
+    async def main() -> None:
+        components = build_components(config, provider_keys, tenant_keys)
+        await serve(config, components, listen=args.listen)
+
+    asyncio.run(main())
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    resolve_secrets(config)
+    print(
+        f"{args.file}: ok ({len(config.providers)} providers, {len(config.targets)} targets, "
+        f"{len(config.routes)} routes)"
+    )
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"unhealthy: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmgateway`` command."""
+    parser = argparse.ArgumentParser(
+        prog="llmgateway", description="gRPC gateway for LLM providers"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="start the gateway (the embedded offline default without --config)"
+    )
+    run.add_argument("--config", help="YAML config file")
+    run.add_argument("--listen", help="override server.listen, e.g. 0.0.0.0:50051")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate a config file and its secret references")
+    check.add_argument("file")
+    check.set_defaults(func=_check_config)
+    health = sub.add_parser("health", help="query grpc.health.v1 (exit 0 when SERVING)")
+    health.add_argument("--address", default="127.0.0.1:50051")
+    health.add_argument("--service", default="")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=_health)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"llmgateway: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

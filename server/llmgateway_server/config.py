@@ -1,0 +1,453 @@
+"""The configuration schema and the only place that reads files or the environment.
+
+The schema is strict: an unknown or mistyped key is an error that names its path
+(``routes.default.tiers.0.targets.0``). Provider keys are references (``api_key_env``,
+``api_key_file``); a literal key anywhere in the file is rejected. ``load_config`` parses
+and validates; ``resolve_secrets`` reads the referenced secrets once at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmgateway_server.errors import ConfigError
+from llmgateway_server.secrets import Secret
+
+NANO_PER_USD = 1_000_000_000
+DEFAULT_CONFIG_RESOURCE = "default.yaml"
+
+# Shapes of real provider keys; a config value matching one is a leaked secret.
+_LITERAL_KEY_PATTERNS = (
+    re.compile(r"^sk-[A-Za-z0-9_\-]{16,}$"),
+    re.compile(r"^sk-ant-[A-Za-z0-9_\-]{16,}$"),
+    re.compile(r"^(AIza|gsk_|xai-)[A-Za-z0-9_\-]{16,}$"),
+)
+_FORBIDDEN_KEY_NAMES = {"api_key", "apikey", "key", "secret", "token", "password"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def usd_to_nano(value: str, *, what: str) -> int:
+    """Parse a decimal USD string exactly into integer nano-USD."""
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:
+        raise ValueError(f"{what} must be a decimal number of USD, got {value!r}") from exc
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{what} must be a finite, non-negative amount, got {value!r}")
+    nano = amount * NANO_PER_USD
+    if nano != nano.to_integral_value():
+        raise ValueError(f"{what} has more precision than 1e-9 USD: {value!r}")
+    return int(nano)
+
+
+UsdAmount = Annotated[str, Field(pattern=r"^\d+(\.\d+)?$")]
+
+
+class PriceConfig(_Strict):
+    """Prices in USD per million tokens, as decimal strings (never floats)."""
+
+    input_per_million_usd: UsdAmount
+    output_per_million_usd: UsdAmount
+    cached_input_per_million_usd: UsdAmount | None = None
+    version: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _exact(self) -> PriceConfig:
+        for name in ("input_per_million_usd", "output_per_million_usd"):
+            usd_to_nano(getattr(self, name), what=name)
+        if self.cached_input_per_million_usd is not None:
+            usd_to_nano(self.cached_input_per_million_usd, what="cached_input_per_million_usd")
+        return self
+
+    @property
+    def input_nano_per_million(self) -> int:
+        """Input price in nano-USD per million tokens."""
+        return usd_to_nano(self.input_per_million_usd, what="input")
+
+    @property
+    def output_nano_per_million(self) -> int:
+        """Output price in nano-USD per million tokens."""
+        return usd_to_nano(self.output_per_million_usd, what="output")
+
+    @property
+    def cached_input_nano_per_million(self) -> int:
+        """Cached-input price in nano-USD per million tokens (the input price if unset)."""
+        if self.cached_input_per_million_usd is None:
+            return self.input_nano_per_million
+        return usd_to_nano(self.cached_input_per_million_usd, what="cached_input")
+
+
+FREE = PriceConfig(input_per_million_usd="0", output_per_million_usd="0", version="free")
+
+
+class _ProviderBase(_Strict):
+    max_connections: int = Field(default=256, ge=1, le=10_000)
+    max_keepalive_connections: int = Field(default=128, ge=0, le=10_000)
+    keepalive_expiry_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
+class _KeyedProvider(_ProviderBase):
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> _KeyedProvider:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set only one of api_key_env and api_key_file")
+        return self
+
+
+class OpenAIProviderConfig(_KeyedProvider):
+    """OpenAI Chat Completions (api.openai.com)."""
+
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+
+    @model_validator(mode="after")
+    def _key_required(self) -> OpenAIProviderConfig:
+        if not (self.api_key_env or self.api_key_file):
+            raise ValueError("openai needs api_key_env or api_key_file")
+        return self
+
+
+class AnthropicProviderConfig(_KeyedProvider):
+    """Anthropic Messages API."""
+
+    type: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+
+    @model_validator(mode="after")
+    def _key_required(self) -> AnthropicProviderConfig:
+        if not (self.api_key_env or self.api_key_file):
+            raise ValueError("anthropic needs api_key_env or api_key_file")
+        return self
+
+
+class OpenAICompatibleProviderConfig(_KeyedProvider):
+    """Any server speaking the OpenAI Chat Completions API (vLLM, Ollama, LM Studio)."""
+
+    type: Literal["openai_compatible"]
+    base_url: str
+    # Older servers reject stream_options; turn it off for them.
+    stream_usage: bool = True
+
+
+class MockProviderConfig(_Strict):
+    """The built-in offline provider: deterministic text and usage, no network."""
+
+    type: Literal["mock"]
+    first_token_latency_ms: float = Field(default=0.0, ge=0, le=60_000)
+    chunk_latency_ms: float = Field(default=0.0, ge=0, le=60_000)
+    words_per_chunk: int = Field(default=1, ge=1, le=10_000)
+    reply: str | None = None
+
+
+ProviderConfig = Annotated[
+    OpenAIProviderConfig
+    | AnthropicProviderConfig
+    | OpenAICompatibleProviderConfig
+    | MockProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+class TargetConfig(_Strict):
+    """One upstream model behind a provider, with its context window and prices."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    context_window: int = Field(ge=1, le=100_000_000)
+    # "auto" picks tiktoken for OpenAI-family models and the estimator otherwise.
+    tokenizer: Literal["auto", "cl100k_base", "o200k_base", "estimate"] = "auto"
+    price: PriceConfig = FREE
+
+
+class RetryConfig(_Strict):
+    """Retries of one target: exponential backoff with full jitter."""
+
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    base_delay_s: float = Field(default=0.2, ge=0, le=60)
+    max_delay_s: float = Field(default=5.0, ge=0, le=300)
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per-target breaker: opens after consecutive failures, one trial after cooldown."""
+
+    failure_threshold: int = Field(default=5, ge=1, le=1000)
+    cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class TargetRef(_Strict):
+    """A target in a tier, with its balancing weight."""
+
+    target: str
+    weight: int = Field(default=1, ge=1, le=1000)
+
+
+class TierConfig(_Strict):
+    """Targets tried at the same fallback level, balanced by weight or least in-flight."""
+
+    targets: list[TargetRef | str] = Field(min_length=1)
+    balance: Literal["weighted", "least_in_flight"] = "weighted"
+
+    def refs(self) -> list[TargetRef]:
+        """The tier's targets, with string shorthands expanded."""
+        return [TargetRef(target=t) if isinstance(t, str) else t for t in self.targets]
+
+
+class RouteConfig(_Strict):
+    """A logical model name: an ordered fallback chain of tiers and its policies."""
+
+    targets: list[str] | None = None
+    tiers: list[TierConfig] | None = None
+    default_max_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    max_tokens_limit: int = Field(default=128_000, ge=1, le=1_000_000)
+    timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    first_token_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    context_policy: Literal["trim", "reject"] = "trim"
+    max_cost_usd: UsdAmount | None = None
+    retry: RetryConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    fallback_on_content_policy: bool = False
+
+    @model_validator(mode="after")
+    def _one_chain(self) -> RouteConfig:
+        if (self.targets is None) == (self.tiers is None):
+            raise ValueError("set exactly one of targets (one tier each) and tiers")
+        if self.targets is not None and not self.targets:
+            raise ValueError("targets must not be empty")
+        if self.max_cost_usd is not None:
+            usd_to_nano(self.max_cost_usd, what="max_cost_usd")
+        return self
+
+    def chain(self) -> list[TierConfig]:
+        """The fallback chain as tiers (the ``targets`` shorthand is one tier per target)."""
+        if self.tiers is not None:
+            return list(self.tiers)
+        return [TierConfig(targets=[t]) for t in self.targets or []]
+
+
+class TenantConfig(_Strict):
+    """A caller. Its API keys are stored as SHA-256 hex digests or read from the env."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = []
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    routes: list[str] = ["*"]
+
+
+class AuthConfig(_Strict):
+    """Who may call. ``anonymous_tenant`` admits callers without a key (for local use)."""
+
+    anonymous_tenant: str | None = None
+    tenants: list[TenantConfig] = []
+
+
+class ServerConfig(_Strict):
+    """Listening, limits and lifecycle."""
+
+    listen: str = "127.0.0.1:50051"
+    grace_period_s: float = Field(default=15.0, ge=0, le=3600)
+    default_deadline_s: float = Field(default=120.0, gt=0, le=86_400)
+    default_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class PolicyDefaults(_Strict):
+    """Server-wide policy defaults that routes may override."""
+
+    max_cost_usd: UsdAmount = "1.00"
+    retry: RetryConfig = RetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+
+class TokenizerConfig(_Strict):
+    """Where tiktoken encodings live (pre-seeded for offline use)."""
+
+    encodings_dir: str | None = None
+
+
+class GatewayConfig(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    defaults: PolicyDefaults = PolicyDefaults()
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    targets: dict[str, TargetConfig] = Field(min_length=1)
+    routes: dict[str, RouteConfig] = Field(min_length=1)
+
+    @field_validator("providers", "targets", "routes")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,128}", name):
+                raise ValueError(f"invalid name {name!r}: use letters, digits, _ . : -")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        for name, target in self.targets.items():
+            if target.provider not in self.providers:
+                raise ValueError(f"targets.{name}.provider: unknown provider {target.provider!r}")
+        for name, route in self.routes.items():
+            for t, tier in enumerate(route.chain()):
+                for ref in tier.refs():
+                    if ref.target not in self.targets:
+                        raise ValueError(f"routes.{name}.tiers.{t}: unknown target {ref.target!r}")
+        tenants = [t.name for t in self.auth.tenants]
+        if len(set(tenants)) != len(tenants):
+            raise ValueError("auth.tenants: tenant names must be unique")
+        for tenant in self.auth.tenants:
+            for allowed in tenant.routes:
+                if allowed != "*" and allowed not in self.routes:
+                    raise ValueError(
+                        f"auth.tenants.{tenant.name}.routes: unknown route {allowed!r}"
+                    )
+        if self.auth.anonymous_tenant is None and not self.auth.tenants:
+            raise ValueError("auth: configure tenants, or anonymous_tenant for local use")
+        return self
+
+
+def _check_no_literal_keys(node: Any, path: str) -> None:
+    """Reject literal secrets before schema validation, naming where they are."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in _FORBIDDEN_KEY_NAMES:
+                raise ConfigError(
+                    f"{sub}: literal secrets are not allowed in the config; "
+                    "use api_key_env (an environment variable) or api_key_file"
+                )
+            _check_no_literal_keys(value, sub)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_no_literal_keys(value, f"{path}.{i}")
+    elif isinstance(node, str) and any(p.match(node) for p in _LITERAL_KEY_PATTERNS):
+        raise ConfigError(
+            f"{path}: looks like a literal API key; reference it with api_key_env or api_key_file"
+        )
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic inserts for tagged unions.
+        loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+        path = ".".join(loc) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{path}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and part in {
+        "openai",
+        "anthropic",
+        "openai_compatible",
+        "mock",
+    }
+
+
+def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate YAML text into a GatewayConfig, or raise ConfigError."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    _check_no_literal_keys(raw, "")
+    try:
+        return GatewayConfig.model_validate(raw, strict=False)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_validation_error(exc)}") from None
+
+
+def load_config(path: str | Path | None) -> GatewayConfig:
+    """Load the config file at ``path``, or the embedded offline default when None."""
+    if path is None:
+        text = resources.files("llmgateway_server").joinpath(DEFAULT_CONFIG_RESOURCE).read_text()
+        return parse_config(text, source="embedded default")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    return parse_config(text, source=str(p))
+
+
+def _read_secret(
+    env: str | None, file: str | None, environ: Mapping[str, str], what: str
+) -> Secret:
+    if env is not None:
+        value = environ.get(env, "")
+        if not value:
+            raise ConfigError(f"{what}: environment variable {env} is not set")
+        return Secret(value.strip(), source=f"env:{env}")
+    if file is not None:
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read api_key_file {file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{what}: api_key_file {file} is empty")
+        return Secret(value, source=f"file:{file}")
+    raise ConfigError(f"{what}: no key reference")
+
+
+def resolve_secrets(
+    config: GatewayConfig, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Secret | None], dict[str, str]]:
+    """Read every referenced secret once.
+
+    Returns the provider keys by provider name (None for keyless providers) and the
+    tenant of each API key's SHA-256 digest. A missing variable fails start-up with a
+    message naming the variable, never a value.
+    """
+    env = os.environ if environ is None else environ
+    provider_keys: dict[str, Secret | None] = {}
+    for name, provider in config.providers.items():
+        if isinstance(provider, MockProviderConfig) or not (
+            provider.api_key_env or provider.api_key_file
+        ):
+            provider_keys[name] = None
+        else:
+            provider_keys[name] = _read_secret(
+                provider.api_key_env, provider.api_key_file, env, f"providers.{name}"
+            )
+    tenant_keys: dict[str, str] = {}
+    for tenant in config.auth.tenants:
+        digests = list(tenant.api_key_sha256)
+        if tenant.api_key_env is not None:
+            key = _read_secret(tenant.api_key_env, None, env, f"auth.tenants.{tenant.name}")
+            digests.append(hashlib.sha256(key.reveal().encode()).hexdigest())
+        for digest in digests:
+            if digest in tenant_keys:
+                raise ConfigError(f"auth.tenants.{tenant.name}: an API key is shared by tenants")
+            tenant_keys[digest] = tenant.name
+    return provider_keys, tenant_keys

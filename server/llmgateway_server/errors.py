@@ -1,0 +1,221 @@
+"""Every exception the gateway raises, in one place.
+
+Each ``GatewayError`` knows its gRPC status code (by name, so this module stays free of
+gRPC), its ``google.rpc.ErrorInfo`` reason and the details a client needs; the transport
+turns them into a status in one function (``transport/status.py``).
+
+Hierarchy::
+
+    GatewayError
+    ├── AuthenticationFailed    UNAUTHENTICATED     API_KEY_INVALID
+    ├── ModelNotAllowed         PERMISSION_DENIED   MODEL_NOT_ALLOWED
+    ├── ModelNotFound           NOT_FOUND           MODEL_NOT_FOUND
+    ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+BadRequest)
+    ├── ContextWindowExceeded   INVALID_ARGUMENT    CONTEXT_WINDOW_EXCEEDED
+    ├── ContentBlocked          INVALID_ARGUMENT    CONTENT_BLOCKED
+    ├── CostLimitExceeded       RESOURCE_EXHAUSTED  COST_LIMIT_EXCEEDED (+QuotaFailure)
+    ├── BudgetExceeded          RESOURCE_EXHAUSTED  BUDGET_EXCEEDED (+QuotaFailure, RetryInfo)
+    ├── RateLimited             RESOURCE_EXHAUSTED  RATE_LIMITED (+QuotaFailure, RetryInfo)
+    ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE (+RetryInfo)
+    ├── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+RetryInfo)
+    ├── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
+    └── Cancelled               CANCELLED           CANCELLED
+
+    ProviderError               raised by provider adapters, carries a FailureClass;
+                                the router turns exhausted failures into UpstreamUnavailable
+    ConfigError                 invalid configuration or missing secret; fails start-up
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from llmgateway_server.types import Attempt, FailureClass
+
+ERROR_DOMAIN = "llmgateway"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field of a request (google.rpc.BadRequest.FieldViolation)."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One exceeded quota (google.rpc.QuotaFailure.Violation)."""
+
+    subject: str
+    description: str
+
+
+class GatewayError(Exception):
+    """Base of every error a caller can see. Subclasses fix ``code`` and ``reason``."""
+
+    code: str = "INTERNAL"
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        retry_after_s: float | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+        quota_violations: Sequence[QuotaViolation] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after_s = retry_after_s
+        self.field_violations = tuple(field_violations)
+        self.quota_violations = tuple(quota_violations)
+
+
+class AuthenticationFailed(GatewayError):
+    """The API key is missing or unknown."""
+
+    code = "UNAUTHENTICATED"
+    reason = "API_KEY_INVALID"
+
+
+class ModelNotAllowed(GatewayError):
+    """The tenant may not use this route."""
+
+    code = "PERMISSION_DENIED"
+    reason = "MODEL_NOT_ALLOWED"
+
+
+class ModelNotFound(GatewayError):
+    """No route has this name."""
+
+    code = "NOT_FOUND"
+    reason = "MODEL_NOT_FOUND"
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed; ``field_violations`` says where."""
+
+    code = "INVALID_ARGUMENT"
+    reason = "INVALID_REQUEST"
+
+
+class ContextWindowExceeded(GatewayError):
+    """The prompt does not fit any target's context window (after trimming, if allowed)."""
+
+    code = "INVALID_ARGUMENT"
+    reason = "CONTEXT_WINDOW_EXCEEDED"
+
+    def __init__(self, *, input_tokens: int, max_tokens: int, context_window: int) -> None:
+        super().__init__(
+            f"prompt of {input_tokens} tokens plus max_tokens {max_tokens} does not fit "
+            f"the context window of {context_window} tokens",
+            metadata={
+                "input_token_count": str(input_tokens),
+                "max_tokens": str(max_tokens),
+                "context_window_token_count": str(context_window),
+            },
+        )
+        self.input_tokens = input_tokens
+        self.max_tokens = max_tokens
+        self.context_window = context_window
+
+
+class ContentBlocked(GatewayError):
+    """Input blocked by moderation."""
+
+    code = "INVALID_ARGUMENT"
+    reason = "CONTENT_BLOCKED"
+
+
+class CostLimitExceeded(GatewayError):
+    """The worst-case cost of the request is over the per-request limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "COST_LIMIT_EXCEEDED"
+
+
+class BudgetExceeded(GatewayError):
+    """The tenant's budget cannot cover the request."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "BUDGET_EXCEEDED"
+
+
+class RateLimited(GatewayError):
+    """The tenant is over its rate limit."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "RATE_LIMITED"
+
+
+class UpstreamUnavailable(GatewayError):
+    """Every target failed, or the stream broke after the first delta."""
+
+    code = "UNAVAILABLE"
+    reason = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[Attempt] = (),
+        retry_after_s: float | None = None,
+    ) -> None:
+        metadata = {"attempt_count": str(len(attempts))}
+        for n, attempt in enumerate(attempts, start=1):
+            metadata[f"attempt_{n}"] = (
+                f"{attempt.provider}/{attempt.upstream_model}:{attempt.outcome.value}"
+            )
+        super().__init__(message, metadata=metadata, retry_after_s=retry_after_s)
+        self.attempts = tuple(attempts)
+
+
+class ShuttingDown(GatewayError):
+    """The server is draining; retry on another replica."""
+
+    code = "UNAVAILABLE"
+    reason = "SHUTTING_DOWN"
+
+
+class DeadlineExceeded(GatewayError):
+    """The caller's deadline passed."""
+
+    code = "DEADLINE_EXCEEDED"
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(GatewayError):
+    """The caller went away."""
+
+    code = "CANCELLED"
+    reason = "CANCELLED"
+
+
+class ProviderError(Exception):
+    """An upstream attempt failed; ``failure_class`` drives retry and fallback.
+
+    The message must never contain secrets or the upstream's raw body beyond a short,
+    sanitised excerpt.
+    """
+
+    def __init__(
+        self,
+        failure_class: FailureClass,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure_class = failure_class
+        self.message = message
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+
+
+class ConfigError(Exception):
+    """The configuration is invalid or names a secret that is not there."""

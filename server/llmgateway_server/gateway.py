@@ -1,0 +1,157 @@
+"""The gateway core: opens calls, runs them through the pipeline, answers queries.
+
+Protobuf-free: the transport converts to and from these types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
+
+from llmgateway_server.auth import Authenticator
+from llmgateway_server.clock import Clock
+from llmgateway_server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound
+from llmgateway_server.pipeline import Pipeline
+from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.routes import Route
+from llmgateway_server.storage.base import UsageLedger, UsageRecord
+from llmgateway_server.tokens import count_prompt
+from llmgateway_server.types import (
+    CallOutcome,
+    ChatMessage,
+    Completion,
+    CompletionRequest,
+    TextDelta,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """Answer of CountTokens."""
+
+    input_tokens: int
+    context_window: int
+    exact: bool
+
+
+class Gateway:
+    """What the servicer calls. One instance per server, built by ``app``."""
+
+    def __init__(
+        self,
+        *,
+        routes: Mapping[str, Route],
+        pipeline: Pipeline,
+        authenticator: Authenticator,
+        ledger: UsageLedger,
+        clock: Clock,
+        default_deadline_s: float,
+    ) -> None:
+        self._routes = dict(routes)
+        self._pipeline = pipeline
+        self.authenticator = authenticator
+        self._ledger = ledger
+        self._clock = clock
+        self._default_deadline_s = default_deadline_s
+
+    def route(self, name: str, tenant: str) -> Route:
+        """The route called ``name``, if it exists and the tenant may use it."""
+        route = self._routes.get(name)
+        if route is None:
+            raise ModelNotFound(f"unknown model {name!r}", metadata={"model": name})
+        self.authenticator.check_route(tenant, name)
+        return route
+
+    def open_call(
+        self,
+        request: CompletionRequest,
+        *,
+        tenant: str,
+        time_remaining_s: float | None,
+        streaming: bool,
+    ) -> CallState:
+        """Resolve the route and limits of a request; raises for an unusable request."""
+        now = self._clock.now()
+        route = self.route(request.route, tenant)
+        max_tokens = request.max_tokens or route.default_max_tokens
+        if max_tokens > route.max_tokens_limit:
+            raise InvalidRequest(
+                f"max_tokens {max_tokens} is over the limit of model {route.name!r}",
+                field_violations=[
+                    FieldViolation("max_tokens", f"must be at most {route.max_tokens_limit}")
+                ],
+            )
+        if not request.request_id:
+            request = dataclasses.replace(request, request_id=uuid.uuid4().hex)
+        budget = self._default_deadline_s if time_remaining_s is None else time_remaining_s
+        return CallState(
+            request=request,
+            tenant=tenant,
+            route=route,
+            streaming=streaming,
+            started_at=now,
+            deadline=now + budget,
+            max_tokens=max_tokens,
+        )
+
+    def run(self, state: CallState) -> AsyncGenerator[TextDelta | Completion, None]:
+        """Run an opened call: deltas (when streaming), then one Completion."""
+        return self._pipeline.run(state)
+
+    async def record_rejection(
+        self,
+        *,
+        tenant: str,
+        route: str,
+        request_id: str,
+        tags: Mapping[str, str],
+        streaming: bool,
+        error: GatewayError,
+    ) -> None:
+        """The usage record of a call refused before it could be opened."""
+        await self._ledger.write(
+            UsageRecord(
+                request_id=request_id or uuid.uuid4().hex,
+                tenant=tenant,
+                route=route,
+                provider="",
+                upstream_model="",
+                tags=dict(tags),
+                input_tokens=0,
+                output_tokens=0,
+                cached_input_tokens=0,
+                cost_nano_usd=0,
+                price_version="",
+                usage_estimated=False,
+                streaming=streaming,
+                outcome=CallOutcome.REJECTED.value,
+                error_reason=error.reason,
+                finish_reason="",
+                attempt_count=0,
+                trimmed_message_count=0,
+                latency_s=0.0,
+                time_to_first_token_s=None,
+                finished_at_unix_s=time.time(),
+            )
+        )
+
+    def count_tokens(self, name: str, messages: Sequence[ChatMessage], tenant: str) -> TokenCount:
+        """Input tokens of ``messages`` on the route's first target, and its window."""
+        route = self.route(name, tenant)
+        target = route.targets[0]
+        return TokenCount(
+            input_tokens=count_prompt(target.counter, messages),
+            context_window=target.context_window,
+            exact=target.counter.exact,
+        )
+
+    def list_models(self, tenant: str) -> list[Route]:
+        """Routes the tenant may use, by name."""
+        return [
+            route
+            for name, route in sorted(self._routes.items())
+            if self.authenticator.may_use(tenant, name)
+        ]

@@ -1,0 +1,63 @@
+"""Ledger policy: first in, last out, so every call writes exactly one usage record."""
+
+from __future__ import annotations
+
+import time
+
+from llmgateway_server.clock import Clock
+from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.pipeline.usage import meter
+from llmgateway_server.storage.base import UsageLedger, UsageRecord
+from llmgateway_server.types import CallOutcome
+
+
+def build_record(state: CallState, now: float) -> UsageRecord:
+    """The usage record of a finished call."""
+    metered = state.metered if state.metered is not None else meter(state)
+    state.metered = metered
+    target = state.served_by or state.current_target
+    completion = state.completion
+    prompt = state.current_prompt
+    outcome = state.outcome or CallOutcome.FAILED
+    return UsageRecord(
+        request_id=state.request_id,
+        tenant=state.tenant,
+        route=state.route.name,
+        provider=target.provider_name if target else "",
+        upstream_model=(completion.upstream_model if completion else target.upstream_model)
+        if target
+        else "",
+        tags=dict(state.request.tags),
+        input_tokens=metered.usage.input_tokens,
+        output_tokens=metered.usage.output_tokens,
+        cached_input_tokens=metered.usage.cached_input_tokens,
+        cost_nano_usd=metered.cost.total_nano_usd,
+        price_version=metered.cost.price_version,
+        usage_estimated=metered.estimated,
+        streaming=state.streaming,
+        outcome=outcome.value,
+        error_reason=state.error_reason,
+        finish_reason=completion.finish_reason.value if completion else "",
+        attempt_count=len(state.attempts),
+        trimmed_message_count=prompt.trimmed if prompt else 0,
+        latency_s=round(now - state.started_at, 6),
+        time_to_first_token_s=round(state.first_token_at - state.started_at, 6)
+        if state.first_token_at is not None
+        else None,
+        finished_at_unix_s=time.time(),
+    )
+
+
+class LedgerPolicy:
+    """Writes the usage record in ``after``; does nothing before the call."""
+
+    def __init__(self, ledger: UsageLedger, clock: Clock) -> None:
+        self._ledger = ledger
+        self._clock = clock
+
+    async def before(self, state: CallState) -> None:
+        """Nothing: the record is written once the call has ended."""
+
+    async def after(self, state: CallState) -> None:
+        """Write the call's one usage record."""
+        await self._ledger.write(build_record(state, self._clock.now()))

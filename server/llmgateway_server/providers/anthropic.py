@@ -1,0 +1,213 @@
+"""Anthropic Messages API: system prompt as a top-level field, SSE typed events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from llmgateway_server.errors import ProviderError
+from llmgateway_server.providers.base import (
+    classify_status,
+    raise_for_status,
+    sanitize,
+    transport_error,
+)
+from llmgateway_server.providers.http import request_timeout
+from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
+from llmgateway_server.secrets import Secret
+from llmgateway_server.types import (
+    FailureClass,
+    FinishReason,
+    Role,
+    StreamItem,
+    TextDelta,
+    UpstreamCall,
+    UpstreamResult,
+    Usage,
+)
+
+_FINISH = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "refusal": FinishReason.CONTENT_FILTER,
+    "tool_use": FinishReason.OTHER,
+    "pause_turn": FinishReason.OTHER,
+}
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
+_MALFORMED = (SSEDecodeError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError)
+
+
+def _usage(raw: dict[str, Any], output_tokens: int | None = None) -> Usage:
+    cached = int(raw.get("cache_read_input_tokens") or 0)
+    # Cache writes are billed as input here; the price table has no separate write price.
+    written = int(raw.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        input_tokens=int(raw.get("input_tokens") or 0) + written,
+        output_tokens=int(raw.get("output_tokens") or 0)
+        if output_tokens is None
+        else output_tokens,
+        cached_input_tokens=cached,
+    )
+
+
+class AnthropicProvider:
+    """Adapter for POST {base_url}/v1/messages, JSON and SSE."""
+
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: Secret,
+        anthropic_version: str = "2023-06-01",
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self._headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "x-api-key": api_key.reveal(),
+            "anthropic-version": anthropic_version,
+        }
+        self._connect_timeout_s = connect_timeout_s
+
+    def __repr__(self) -> str:
+        return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
+
+    def _body(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
+        system = "\n\n".join(m.content for m in call.messages if m.role is Role.SYSTEM)
+        messages: list[dict[str, str]] = []
+        for m in call.messages:
+            if m.role is Role.SYSTEM:
+                continue
+            # The Messages API wants alternating turns: merge consecutive same-role ones.
+            if messages and messages[-1]["role"] == m.role.value:
+                messages[-1]["content"] += "\n\n" + m.content
+            else:
+                messages.append({"role": m.role.value, "content": m.content})
+        body: dict[str, Any] = {
+            "model": call.upstream_model,
+            "messages": messages,
+            "max_tokens": call.max_tokens,
+        }
+        if system:
+            body["system"] = system
+        if call.temperature is not None:
+            body["temperature"] = min(call.temperature, 1.0)  # Anthropic's range is [0, 1]
+        if call.top_p is not None:
+            body["top_p"] = call.top_p
+        if call.stop:
+            body["stop_sequences"] = list(call.stop)
+        if stream:
+            body["stream"] = True
+        return body
+
+    async def complete(self, call: UpstreamCall) -> UpstreamResult:
+        """Non-streaming message."""
+        try:
+            response = await self._client.post(
+                self._url,
+                content=json.dumps(self._body(call, stream=False)),
+                headers=self._headers,
+                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            )
+            await raise_for_status(response, provider=self.name)
+            data = response.json()
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
+        try:
+            text = "".join(
+                block.get("text", "") for block in data["content"] if block.get("type") == "text"
+            )
+            return UpstreamResult(
+                content=text,
+                finish_reason=_FINISH.get(data.get("stop_reason"), FinishReason.OTHER),
+                usage=_usage(data.get("usage") or {}),
+                upstream_model=str(data.get("model") or call.upstream_model),
+            )
+        except (*_MALFORMED, AttributeError) as exc:
+            raise ProviderError(
+                FailureClass.TRANSIENT, f"{self.name}: malformed response ({type(exc).__name__})"
+            ) from None
+
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
+        """Streaming message; ends with one UpstreamResult."""
+        parts: list[str] = []
+        start_usage: dict[str, Any] = {}
+        output_tokens: int | None = None
+        finish = FinishReason.OTHER
+        model = call.upstream_model
+        stopped = False
+        try:
+            async with self._client.stream(
+                "POST",
+                self._url,
+                content=json.dumps(self._body(call, stream=True)),
+                headers=self._headers,
+                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            ) as response:
+                await raise_for_status(response, provider=self.name)
+                async for event, data in iter_sse(response.aiter_bytes()):
+                    if event == "content_block_delta":
+                        delta = json.loads(data)["delta"]
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            parts.append(delta["text"])
+                            yield TextDelta(delta["text"])
+                    elif event == "message_start":
+                        message = json.loads(data)["message"]
+                        start_usage = message.get("usage") or {}
+                        model = message.get("model") or model
+                    elif event == "message_delta":
+                        payload = json.loads(data)
+                        reason = (payload.get("delta") or {}).get("stop_reason")
+                        if reason:
+                            finish = _FINISH.get(reason, FinishReason.OTHER)
+                        if payload.get("usage"):
+                            output_tokens = int(payload["usage"].get("output_tokens") or 0)
+                    elif event == "message_stop":
+                        stopped = True
+                        break
+                    elif event == "error":
+                        err = json.loads(data).get("error") or {}
+                        kind = str(err.get("type") or "")
+                        failure = classify_status(_ERROR_STATUS.get(kind, 500), code=kind)
+                        raise ProviderError(
+                            failure,
+                            f"{self.name}: stream error {kind} "
+                            f"{sanitize(str(err.get('message', '')))}".rstrip(),
+                        )
+                    # ping, content_block_start/stop and unknown events carry nothing we need
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
+        except _MALFORMED as exc:
+            raise ProviderError(
+                FailureClass.TRANSIENT, f"{self.name}: malformed stream ({type(exc).__name__})"
+            ) from None
+        if not stopped:
+            raise ProviderError(FailureClass.TRANSIENT, f"{self.name}: stream ended early")
+        yield UpstreamResult(
+            content="".join(parts),
+            finish_reason=finish,
+            usage=_usage(start_usage, output_tokens) if start_usage or output_tokens else None,
+            upstream_model=model,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

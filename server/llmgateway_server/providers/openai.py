@@ -1,0 +1,181 @@
+"""OpenAI Chat Completions, and any server that speaks it (vLLM, Ollama, LM Studio)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from llmgateway_server.errors import ProviderError
+from llmgateway_server.providers.base import raise_for_status, sanitize, transport_error
+from llmgateway_server.providers.http import request_timeout
+from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
+from llmgateway_server.secrets import Secret
+from llmgateway_server.types import (
+    FailureClass,
+    FinishReason,
+    StreamItem,
+    TextDelta,
+    UpstreamCall,
+    UpstreamResult,
+    Usage,
+)
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.OTHER,
+    "function_call": FinishReason.OTHER,
+}
+_MALFORMED = (SSEDecodeError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError)
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt = int(raw.get("prompt_tokens") or 0)
+    details = raw.get("prompt_tokens_details") or {}
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    return Usage(
+        input_tokens=max(0, prompt - cached),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        cached_input_tokens=cached,
+    )
+
+
+def _finish(value: Any) -> FinishReason:
+    return _FINISH.get(value, FinishReason.OTHER) if value else FinishReason.STOP
+
+
+class OpenAIProvider:
+    """Adapter for POST {base_url}/chat/completions, JSON and SSE."""
+
+    def __init__(
+        self,
+        name: str,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: Secret | None,
+        connect_timeout_s: float = 5.0,
+        stream_usage: bool = True,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        if api_key is not None:
+            self._headers["authorization"] = f"Bearer {api_key.reveal()}"
+        self._connect_timeout_s = connect_timeout_s
+        self._stream_usage = stream_usage
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
+
+    def _body(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": call.upstream_model,
+            "messages": [
+                {"role": m.role.value, "content": m.content, **({"name": m.name} if m.name else {})}
+                for m in call.messages
+            ],
+            "max_tokens": call.max_tokens,
+        }
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
+        if call.top_p is not None:
+            body["top_p"] = call.top_p
+        if call.stop:
+            body["stop"] = list(call.stop)
+        if stream:
+            body["stream"] = True
+            if self._stream_usage:
+                body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, call: UpstreamCall) -> UpstreamResult:
+        """Non-streaming chat completion."""
+        try:
+            response = await self._client.post(
+                self._url,
+                content=json.dumps(self._body(call, stream=False)),
+                headers=self._headers,
+                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            )
+            await raise_for_status(response, provider=self.name)
+            data = response.json()
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
+        try:
+            choice = data["choices"][0]
+            return UpstreamResult(
+                content=choice["message"].get("content") or "",
+                finish_reason=_finish(choice.get("finish_reason")),
+                usage=_usage(data.get("usage")),
+                upstream_model=str(data.get("model") or call.upstream_model),
+            )
+        except (*_MALFORMED, IndexError, AttributeError) as exc:
+            raise ProviderError(
+                FailureClass.TRANSIENT, f"{self.name}: malformed response ({type(exc).__name__})"
+            ) from None
+
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
+        """Streaming chat completion; ends with one UpstreamResult."""
+        parts: list[str] = []
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        model = call.upstream_model
+        try:
+            async with self._client.stream(
+                "POST",
+                self._url,
+                content=json.dumps(self._body(call, stream=True)),
+                headers=self._headers,
+                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            ) as response:
+                await raise_for_status(response, provider=self.name)
+                async for _event, data in iter_sse(response.aiter_bytes()):
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        err = chunk["error"]
+                        raise ProviderError(
+                            FailureClass.TRANSIENT,
+                            f"{self.name}: stream error {sanitize(str(err.get('message', '')))}",
+                        )
+                    model = chunk.get("model") or model
+                    if chunk.get("usage"):
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            parts.append(text)
+                            yield TextDelta(text)
+                        if choice.get("finish_reason"):
+                            finish = _finish(choice["finish_reason"])
+                else:
+                    # The body ended without [DONE]: the stream was cut off.
+                    if finish is None:
+                        raise ProviderError(
+                            FailureClass.TRANSIENT, f"{self.name}: stream ended early"
+                        )
+        except httpx.HTTPError as exc:
+            raise transport_error(self.name, exc) from None
+        except _MALFORMED as exc:
+            raise ProviderError(
+                FailureClass.TRANSIENT, f"{self.name}: malformed stream ({type(exc).__name__})"
+            ) from None
+        yield UpstreamResult(
+            content="".join(parts),
+            finish_reason=finish or FinishReason.STOP,
+            usage=usage,
+            upstream_model=model,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

@@ -1,0 +1,1 @@
+"""Durable state behind small protocols: the usage ledger (budgets come later)."""

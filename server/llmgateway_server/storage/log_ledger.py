@@ -1,0 +1,21 @@
+"""A ledger that writes each usage record as one JSON log line (``llmgateway.usage``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from llmgateway_server.storage.base import UsageRecord
+
+usage_log = logging.getLogger("llmgateway.usage")
+
+
+class LogLedger:
+    """Usage records as structured log lines; ship them with the rest of the logs."""
+
+    async def write(self, record: UsageRecord) -> None:
+        """Log the record at INFO with every field as a structured attribute."""
+        usage_log.info("usage", extra={"usage": dataclasses.asdict(record)})
+
+    async def aclose(self) -> None:
+        """Nothing buffered."""

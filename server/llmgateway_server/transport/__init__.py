@@ -1,0 +1,1 @@
+"""gRPC transport: servicer, proto <-> domain conversion, status mapping, interceptors."""
