@@ -1,0 +1,2 @@
+__title__ = "llmgateway-client"
+__version__ = "0.1.0"
