@@ -26,6 +26,8 @@ from llmgateway_server.config import (
 )
 from llmgateway_server.gateway import Gateway
 from llmgateway_server.pipeline import Pipeline, Policy
+from llmgateway_server.pipeline.context_window import ContextWindowPolicy
+from llmgateway_server.pipeline.cost_guard import CostGuardPolicy
 from llmgateway_server.pipeline.ledger import LedgerPolicy
 from llmgateway_server.providers.anthropic import AnthropicProvider
 from llmgateway_server.providers.base import Provider
@@ -121,7 +123,9 @@ def build_components(
         config.auth.anonymous_tenant,
     )
     ledger = ledger or LogLedger()
-    policies: list[Policy] = [LedgerPolicy(ledger, clock)]
+    # Ledger first so its record is written last; the prompt is planned (and trimmed)
+    # before the cost guard prices it.
+    policies: list[Policy] = [LedgerPolicy(ledger, clock), ContextWindowPolicy(), CostGuardPolicy()]
     pipeline = Pipeline(policies, Router(clock), clock)
     gateway = Gateway(
         routes=routes,
@@ -206,6 +210,8 @@ class GatewayServer:
         grace = self._config.server.grace_period_s if grace_s is None else grace_s
         log.info("shutting down", extra={"grace_period_s": grace})
         await self.health.enter_graceful_shutdown()
+        if self._config.server.drain_delay_s:
+            await asyncio.sleep(self._config.server.drain_delay_s)
         await self._server.stop(grace)
         for provider in self._components.providers.values():
             await provider.aclose()

@@ -263,6 +263,9 @@ class ServerConfig(_Strict):
 
     listen: str = "127.0.0.1:50051"
     grace_period_s: float = Field(default=15.0, ge=0, le=3600)
+    # After SIGTERM: report NOT_SERVING but keep accepting calls this long, so load
+    # balancers and Kubernetes notice before the server stops taking new calls.
+    drain_delay_s: float = Field(default=0.0, ge=0, le=600)
     default_deadline_s: float = Field(default=120.0, gt=0, le=86_400)
     default_timeout_s: float = Field(default=120.0, gt=0, le=86_400)
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)

@@ -13,7 +13,7 @@ from tests.support.gateway import error_info, running_gateway, user
 from tests.support.upstream import FakeUpstream, Hang, Respond
 
 
-@pytest.mark.parametrize("route,model", [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
+@pytest.mark.parametrize(("route", "model"), [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
 async def test_deadline_against_hanging_upstream_closes_the_upstream_connection(
     upstream: FakeUpstream, route: str, model: str
 ) -> None:
@@ -23,11 +23,14 @@ async def test_deadline_against_hanging_upstream_closes_the_upstream_connection(
         started = loop.time()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await gw.stub.Complete(
-                pb.CompleteRequest(model=route, messages=[user("x")], request_id="r-dl"), timeout=0.5
+                pb.CompleteRequest(model=route, messages=[user("x")], request_id="r-dl"),
+                timeout=0.5,
             )
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert loop.time() - started < 2.0
-        assert await upstream.wait_for_disconnects(1, timeout=2.0), "the upstream request was left open"
+        assert await upstream.wait_for_disconnects(1, timeout=2.0), (
+            "the upstream request was left open"
+        )
         record = await gw.ledger.wait_for("r-dl")
         assert record.outcome == "deadline_exceeded"
 
@@ -44,10 +47,14 @@ async def test_deadline_while_streaming_ends_with_deadline_exceeded(upstream: Fa
         assert await upstream.wait_for_disconnects(1, timeout=2.0)
 
 
-async def test_gateway_deadline_error_carries_reason_when_it_fires_first(upstream: FakeUpstream) -> None:
+async def test_gateway_deadline_error_carries_reason_when_it_fires_first(
+    upstream: FakeUpstream,
+) -> None:
     # The server's own default deadline (no client deadline) ends the call cleanly.
     upstream.set_default("gpt-4o-mini", Hang())
-    text = providers_config(upstream.base_url).replace("default_deadline_s: 30", "default_deadline_s: 0.3")
+    text = providers_config(upstream.base_url).replace(
+        "default_deadline_s: 30", "default_deadline_s: 0.3"
+    )
     async with running_gateway(text, env=ENV) as gw:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await gw.stub.Complete(pb.CompleteRequest(model="gpt", messages=[user("x")]))
@@ -56,7 +63,7 @@ async def test_gateway_deadline_error_carries_reason_when_it_fires_first(upstrea
         assert await upstream.wait_for_disconnects(1, timeout=2.0)
 
 
-@pytest.mark.parametrize("route,model", [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
+@pytest.mark.parametrize(("route", "model"), [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
 async def test_client_cancel_mid_stream_closes_upstream_and_bills_what_was_produced(
     upstream: FakeUpstream, route: str, model: str
 ) -> None:
@@ -64,7 +71,8 @@ async def test_client_cancel_mid_stream_closes_upstream_and_bills_what_was_produ
     upstream.script(model, Respond(text=words, chunks=200, chunk_delay_s=0.02))
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         call = gw.stub.StreamComplete(
-            pb.StreamCompleteRequest(model=route, messages=[user("go")], request_id="r-cancel"), timeout=10
+            pb.StreamCompleteRequest(model=route, messages=[user("go")], request_id="r-cancel"),
+            timeout=10,
         )
         received = 0
         async for event in call:
@@ -72,7 +80,9 @@ async def test_client_cancel_mid_stream_closes_upstream_and_bills_what_was_produ
             if received == 5:
                 call.cancel()
                 break
-        assert await upstream.wait_for_disconnects(1, timeout=2.0), "the upstream stream was left open"
+        assert await upstream.wait_for_disconnects(1, timeout=2.0), (
+            "the upstream stream was left open"
+        )
         record = await gw.ledger.wait_for("r-cancel")
         assert record.outcome == "cancelled"
         assert record.usage_estimated

@@ -30,7 +30,9 @@ def _auth_config(base_url: str) -> str:
     )
 
 
-async def _fails(gw: RunningGateway, request: pb.CompleteRequest, key: str | None = None) -> grpc.aio.AioRpcError:
+async def _fails(
+    gw: RunningGateway, request: pb.CompleteRequest, key: str | None = None
+) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await gw.stub.Complete(request, metadata=gw.metadata(key), timeout=10)
     return info.value
@@ -38,7 +40,9 @@ async def _fails(gw: RunningGateway, request: pb.CompleteRequest, key: str | Non
 
 async def _still_serves(gw: RunningGateway, key: str | None = None) -> None:
     reply = await gw.stub.Complete(
-        pb.CompleteRequest(model="echo", messages=[user("still there?")]), metadata=gw.metadata(key), timeout=10
+        pb.CompleteRequest(model="echo", messages=[user("still there?")]),
+        metadata=gw.metadata(key),
+        timeout=10,
     )
     assert reply.completion.content
 
@@ -93,7 +97,9 @@ async def test_tenant_from_key_is_written_to_the_usage_record(upstream: FakeUpst
 
 async def test_unknown_route_is_not_found(upstream: FakeUpstream) -> None:
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
-        err = await _fails(gw, pb.CompleteRequest(model="gpt-9", messages=[user("x")], request_id="r-404"))
+        err = await _fails(
+            gw, pb.CompleteRequest(model="gpt-9", messages=[user("x")], request_id="r-404")
+        )
         assert err.code() == grpc.StatusCode.NOT_FOUND
         reason, metadata, _ = error_info(err)
         assert (reason, metadata) == ("MODEL_NOT_FOUND", {"model": "gpt-9"})
@@ -145,12 +151,16 @@ async def test_max_tokens_over_the_route_limit_is_invalid_argument(upstream: Fak
         "  echo:\n    targets: [echo]", "  echo:\n    targets: [echo]\n    max_tokens_limit: 100"
     )
     async with running_gateway(text, env=ENV) as gw:
-        err = await _fails(gw, pb.CompleteRequest(model="echo", messages=[user("x")], max_tokens=101))
+        err = await _fails(
+            gw, pb.CompleteRequest(model="echo", messages=[user("x")], max_tokens=101)
+        )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "max_tokens" in _violations(err)
 
 
-async def test_twenty_megabyte_request_is_resource_exhausted_and_server_survives(upstream: FakeUpstream) -> None:
+async def test_twenty_megabyte_request_is_resource_exhausted_and_server_survives(
+    upstream: FakeUpstream,
+) -> None:
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         huge = "x" * (20 * 1024 * 1024)
         err = await _fails(gw, pb.CompleteRequest(model="gpt", messages=[user(huge)]))
@@ -159,11 +169,15 @@ async def test_twenty_megabyte_request_is_resource_exhausted_and_server_survives
         await _still_serves(gw)
 
 
-async def test_every_target_failing_is_unavailable_with_retry_info_and_attempts(upstream: FakeUpstream) -> None:
+async def test_every_target_failing_is_unavailable_with_retry_info_and_attempts(
+    upstream: FakeUpstream,
+) -> None:
     upstream.set_default("gpt-4o-mini", Error(503, retry_after="7"))
     text = providers_config(upstream.base_url) + "defaults:\n  retry: {max_attempts: 1}\n"
     async with running_gateway(text, env=ENV) as gw:
-        err = await _fails(gw, pb.CompleteRequest(model="gpt", messages=[user("x")], request_id="r-down"))
+        err = await _fails(
+            gw, pb.CompleteRequest(model="gpt", messages=[user("x")], request_id="r-down")
+        )
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         reason, metadata, details = error_info(err)
         assert reason == "UPSTREAM_UNAVAILABLE"
@@ -177,7 +191,9 @@ async def test_every_target_failing_is_unavailable_with_retry_info_and_attempts(
 
 
 async def test_upstream_credential_failure_never_leaks_the_key(upstream: FakeUpstream) -> None:
-    upstream.set_default("gpt-4o-mini", Error(401, message=f"Incorrect API key provided: {ENV['TEST_OPENAI_KEY']}"))
+    upstream.set_default(
+        "gpt-4o-mini", Error(401, message=f"Incorrect API key provided: {ENV['TEST_OPENAI_KEY']}")
+    )
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         err = await _fails(gw, pb.CompleteRequest(model="gpt", messages=[user("x")]))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
@@ -200,5 +216,7 @@ async def test_count_tokens_and_list_models_describe_routes(upstream: FakeUpstre
         assert gpt.price.input_nano_usd_per_million_tokens == 150_000_000
         assert gpt.price.version == "openai-test"
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await gw.stub.CountTokens(pb.CountTokensRequest(model="nope", messages=[user("x")]), timeout=5)
+            await gw.stub.CountTokens(
+                pb.CountTokensRequest(model="nope", messages=[user("x")]), timeout=5
+            )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -28,7 +28,11 @@ async def _stream(gw, route: str, messages, **kw) -> tuple[list[str], pb.Complet
 
 @pytest.mark.parametrize(
     ("route", "provider", "model"),
-    [("gpt", "openai", "gpt-4o-mini"), ("claude", "anthropic", "claude-haiku"), ("llama", "compat", "llama-3")],
+    [
+        ("gpt", "openai", "gpt-4o-mini"),
+        ("claude", "anthropic", "claude-haiku"),
+        ("llama", "compat", "llama-3"),
+    ],
 )
 async def test_unary_completion_through_each_http_provider(
     upstream: FakeUpstream, route: str, provider: str, model: str
@@ -36,7 +40,11 @@ async def test_unary_completion_through_each_http_provider(
     upstream.script(model, Respond(text="Paris is the capital.", input_tokens=21, output_tokens=5))
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         reply = await gw.stub.Complete(
-            pb.CompleteRequest(model=route, messages=[system("Be brief."), user("Capital of France?")], max_tokens=50),
+            pb.CompleteRequest(
+                model=route,
+                messages=[system("Be brief."), user("Capital of France?")],
+                max_tokens=50,
+            ),
             timeout=10,
         )
     c = reply.completion
@@ -49,8 +57,13 @@ async def test_unary_completion_through_each_http_provider(
     assert upstream.request_count(model) == 1
 
 
-async def test_streaming_relays_deltas_then_one_result_with_usage_openai(upstream: FakeUpstream) -> None:
-    upstream.script("gpt-4o-mini", Respond(text="one two three four", chunks=4, input_tokens=10, output_tokens=4))
+async def test_streaming_relays_deltas_then_one_result_with_usage_openai(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.script(
+        "gpt-4o-mini",
+        Respond(text="one two three four", chunks=4, input_tokens=10, output_tokens=4),
+    )
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         deltas, result = await _stream(gw, "gpt", [user("count")])
     assert "".join(deltas) == "one two three four"
@@ -63,7 +76,9 @@ async def test_streaming_relays_deltas_then_one_result_with_usage_openai(upstrea
 
 
 async def test_streaming_through_anthropic_parses_typed_events(upstream: FakeUpstream) -> None:
-    upstream.script("claude-haiku", Respond(text="alpha beta gamma", chunks=3, input_tokens=30, output_tokens=3))
+    upstream.script(
+        "claude-haiku", Respond(text="alpha beta gamma", chunks=3, input_tokens=30, output_tokens=3)
+    )
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         deltas, result = await _stream(gw, "claude", [system("sys prompt"), user("hi")])
     assert "".join(deltas) == "alpha beta gamma"
@@ -89,7 +104,9 @@ async def test_mock_provider_streams_offline_without_any_upstream() -> None:
 async def test_cost_is_exact_nano_usd_from_the_reported_usage(upstream: FakeUpstream) -> None:
     upstream.script(
         "gpt-4o-mini",
-        Respond(text="ok", input_tokens=1_000_000 + 1000, output_tokens=1000, cached_input_tokens=1000),
+        Respond(
+            text="ok", input_tokens=1_000_000 + 1000, output_tokens=1000, cached_input_tokens=1000
+        ),
     )
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         reply = await gw.stub.Complete(
@@ -104,7 +121,9 @@ async def test_cost_is_exact_nano_usd_from_the_reported_usage(upstream: FakeUpst
     assert cost.price_version == "openai-test"
 
 
-async def test_wire_formats_carry_keys_and_fields_each_provider_expects(upstream: FakeUpstream) -> None:
+async def test_wire_formats_carry_keys_and_fields_each_provider_expects(
+    upstream: FakeUpstream,
+) -> None:
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         for route in ("gpt", "claude", "llama"):
             await gw.stub.Complete(
@@ -134,7 +153,8 @@ async def test_wire_formats_carry_keys_and_fields_each_provider_expects(upstream
 async def test_length_finish_reason_is_reported(upstream: FakeUpstream) -> None:
     async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
         reply = await gw.stub.Complete(
-            pb.CompleteRequest(model="claude", messages=[user("a b c d e f g h")], max_tokens=3), timeout=10
+            pb.CompleteRequest(model="claude", messages=[user("a b c d e f g h")], max_tokens=3),
+            timeout=10,
         )
     assert reply.completion.finish_reason == pb.FINISH_REASON_LENGTH
     assert reply.completion.usage.output_token_count == 3

@@ -34,7 +34,11 @@ targets:
     provider: openai
     model: gpt-4o-mini
     context_window: 128000
-    price: {{input_per_million_usd: "0.15", output_per_million_usd: "0.60", cached_input_per_million_usd: "0.075", version: "openai-test"}}
+    price:
+      input_per_million_usd: "0.15"
+      output_per_million_usd: "0.60"
+      cached_input_per_million_usd: "0.075"
+      version: "openai-test"
   claude:
     provider: anthropic
     model: claude-haiku

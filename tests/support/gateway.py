@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ import grpc
 from grpc import aio
 from llmgateway.v1 import gateway_pb2 as pb
 from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
-
 from llmgateway_server.app import GatewayServer, build_components
 from llmgateway_server.clock import Clock
 from llmgateway_server.config import GatewayConfig, parse_config, resolve_secrets
