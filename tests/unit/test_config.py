@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from llmgateway_server.config import load_config, parse_config, resolve_secrets, usd_to_nano
 from llmgateway_server.errors import ConfigError
 
@@ -37,7 +36,9 @@ def test_embedded_default_config_is_valid_and_offline() -> None:
 
 
 def test_unknown_key_is_rejected_with_its_path() -> None:
-    text = BASE.replace("    targets: [mini]", "    targets: [mini]\n    retires: {max_attempts: 2}")
+    text = BASE.replace(
+        "    targets: [mini]", "    targets: [mini]\n    retires: {max_attempts: 2}"
+    )
     with pytest.raises(ConfigError, match=r"routes\.default\.retires: unknown key"):
         parse_config(text)
 
@@ -49,20 +50,26 @@ def test_mistyped_value_is_rejected_with_its_path() -> None:
 
 
 def test_nested_unknown_key_in_provider_names_the_provider() -> None:
-    text = BASE.replace("api_key_env: TEST_OPENAI_KEY", "api_key_env: TEST_OPENAI_KEY\n    base_ulr: x")
+    text = BASE.replace(
+        "api_key_env: TEST_OPENAI_KEY", "api_key_env: TEST_OPENAI_KEY\n    base_ulr: x"
+    )
     with pytest.raises(ConfigError, match=r"providers\.oa\.base_ulr: unknown key"):
         parse_config(text)
 
 
 def test_literal_api_key_field_is_rejected() -> None:
     text = BASE.replace("api_key_env: TEST_OPENAI_KEY", "api_key: abc")
-    with pytest.raises(ConfigError, match=r"providers\.oa\.api_key: literal secrets are not allowed"):
+    with pytest.raises(
+        ConfigError, match=r"providers\.oa\.api_key: literal secrets are not allowed"
+    ):
         parse_config(text)
 
 
 def test_value_shaped_like_a_key_is_rejected_wherever_it_is() -> None:
     text = BASE.replace("model: gpt-4o-mini", "model: sk-proj-abcdefghijklmnopqrstuvwx")
-    with pytest.raises(ConfigError, match=r"targets\.mini\.model: looks like a literal API key") as info:
+    with pytest.raises(
+        ConfigError, match=r"targets\.mini\.model: looks like a literal API key"
+    ) as info:
         parse_config(text)
     assert "abcdefghijklmnop" not in str(info.value)
 
@@ -116,7 +123,9 @@ def test_tenant_keys_from_digests_and_env_map_to_tenants() -> None:
         "    - name: team-b\n      api_key_env: TEAM_B_KEY\n      routes: [default]",
     )
     config = parse_config(text)
-    _, tenants = resolve_secrets(config, environ={"TEST_OPENAI_KEY": "k" * 20, "TEAM_B_KEY": "b-key"})
+    _, tenants = resolve_secrets(
+        config, environ={"TEST_OPENAI_KEY": "k" * 20, "TEAM_B_KEY": "b-key"}
+    )
     assert tenants[digest] == "team-a"
     assert tenants[hashlib.sha256(b"b-key").hexdigest()] == "team-b"
 

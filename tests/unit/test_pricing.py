@@ -33,7 +33,9 @@ def test_fractional_nano_rounds_up_not_to_zero() -> None:
 
 
 def test_summing_many_calls_never_drifts() -> None:
-    total = sum(cost_of(Usage(input_tokens=7, output_tokens=3), MINI).total_nano_usd for _ in range(10_000))
+    total = sum(
+        cost_of(Usage(input_tokens=7, output_tokens=3), MINI).total_nano_usd for _ in range(10_000)
+    )
     single = cost_of(Usage(input_tokens=7, output_tokens=3), MINI).total_nano_usd
     assert total == single * 10_000
 

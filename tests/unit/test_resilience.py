@@ -5,6 +5,7 @@ from __future__ import annotations
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
 from llmgateway_server.resilience import BreakerState, CircuitBreaker, backoff_delay, retry_delay
 from llmgateway_server.types import FailureClass
+
 from tests.support.clock import FakeClock
 
 
@@ -30,7 +31,9 @@ def test_retry_after_past_the_deadline_moves_on_at_once() -> None:
 
 def test_retry_after_over_the_cap_moves_on_at_once() -> None:
     retry = RetryConfig(max_attempts=3, base_delay_s=0.1, max_delay_s=1.0)
-    assert retry_delay(1, FailureClass.RATE_LIMITED, 2.0, retry, FakeClock(), remaining_s=60) is None
+    assert (
+        retry_delay(1, FailureClass.RATE_LIMITED, 2.0, retry, FakeClock(), remaining_s=60) is None
+    )
 
 
 def test_non_retryable_classes_are_never_retried() -> None:

@@ -17,7 +17,7 @@ async def _collect(*parts: bytes) -> list[tuple[str, str]]:
 
 
 async def test_events_split_across_chunks_are_reassembled() -> None:
-    events = await _collect(b"event: ping\nda", b"ta: {\"a\"", b": 1}\n", b"\n")
+    events = await _collect(b"event: ping\nda", b'ta: {"a"', b": 1}\n", b"\n")
     assert events == [("ping", '{"a": 1}')]
 
 

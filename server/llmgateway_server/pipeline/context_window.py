@@ -5,13 +5,16 @@ fits with ``max_tokens`` reserved for the answer, it goes as is; otherwise, unde
 the oldest user/assistant turns are dropped (``trimming.trim_to_fit``). A target that
 cannot take the prompt even after trimming is skipped, so the call moves on to a target
 with a larger window; when none can, the call is refused with CONTEXT_WINDOW_EXCEEDED.
+
+Messages are counted lazily and newest first: turns that trimming drops are never
+tokenized, so a 10,000-message conversation costs about what fits in the window.
 """
 
 from __future__ import annotations
 
 from llmgateway_server.errors import ContextWindowExceeded
 from llmgateway_server.pipeline.state import CallState, Prompt
-from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, TokenCounter
+from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens
 from llmgateway_server.trimming import trim_to_fit
 from llmgateway_server.types import ContextPolicy
 
@@ -23,30 +26,27 @@ class ContextWindowPolicy:
         """Fill ``state.prompts``; raise ContextWindowExceeded when no target fits."""
         messages = state.request.messages
         policy = state.request.context_policy or state.route.context_policy
-        counts_by_counter: dict[int, list[int]] = {}
-        first_total = 0
+        # Targets that share a tokenizer share the counts.
+        counts_by_counter: dict[int, MessageTokens] = {}
         for target in state.route.targets:
-            counter: TokenCounter = target.counter
-            counts = counts_by_counter.get(id(counter))
+            counts = counts_by_counter.get(id(target.counter))
             if counts is None:
-                counts = [counter.count_message(m) for m in messages]
-                counts_by_counter[id(counter)] = counts
-            total = REPLY_PRIMING_TOKENS + sum(counts)
-            if not first_total:
-                first_total = total
+                counts = MessageTokens(target.counter, messages)
+                counts_by_counter[id(target.counter)] = counts
             budget = target.context_window - state.max_tokens - REPLY_PRIMING_TOKENS
-            if total - REPLY_PRIMING_TOKENS <= budget:
-                state.prompts[target.id] = Prompt(messages, total)
-            elif policy is ContextPolicy.TRIM:
+            if policy is ContextPolicy.TRIM:
                 trimmed = trim_to_fit(messages, counts, budget)
                 if trimmed is not None:
                     state.prompts[target.id] = Prompt(
                         trimmed.messages, trimmed.tokens + REPLY_PRIMING_TOKENS, trimmed.dropped
                     )
+            elif (total := counts.prompt_total()) + state.max_tokens <= target.context_window:
+                state.prompts[target.id] = Prompt(messages, total)
         state.planned = True
         if not state.prompts:
+            first = state.route.targets[0]
             raise ContextWindowExceeded(
-                input_tokens=first_total,
+                input_tokens=counts_by_counter[id(first.counter)].prompt_total(),
                 max_tokens=state.max_tokens,
                 context_window=max(t.context_window for t in state.route.targets),
             )

@@ -24,7 +24,8 @@ class CostGuardPolicy:
         for target in state.route.targets:
             prompt = state.prompt_for(target)
             if prompt is not None:
-                worst = max(worst, worst_case_nano(prompt.input_tokens, state.max_tokens, target.price))
+                cost = worst_case_nano(prompt.input_tokens, state.max_tokens, target.price)
+                worst = max(worst, cost)
         state.worst_case_nano_usd = worst
         limit = state.route.max_cost_nano_usd
         if worst > limit:
