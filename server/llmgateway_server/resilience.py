@@ -6,11 +6,14 @@ Decisions read the FailureClass an adapter assigned, never HTTP status codes.
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass
 
 from llmgateway_server.clock import Clock
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
 from llmgateway_server.types import FailureClass
+
+log = logging.getLogger("llmgateway.resilience")
 
 RETRYABLE = frozenset({FailureClass.RATE_LIMITED, FailureClass.TRANSIENT, FailureClass.TIMEOUT})
 """Failures worth another attempt on the same target."""
@@ -66,6 +69,7 @@ class CircuitBreaker:
 
     config: CircuitBreakerConfig
     clock: Clock
+    name: str = ""
     failures: int = 0
     open_until: float = 0.0
     benched_until: float = 0.0
@@ -101,6 +105,8 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """A call succeeded: close."""
+        if self.opened:
+            log.info("circuit closed", extra={"target": self.name})
         self.failures = 0
         self.opened = False
         self.trial_in_flight = False
@@ -109,6 +115,7 @@ class CircuitBreaker:
         """A call failed; count it when the failure says the target is unhealthy."""
         if failure is FailureClass.RATE_LIMITED and retry_after_s:
             self.benched_until = max(self.benched_until, self.clock.now() + retry_after_s)
+            log.info("target benched", extra={"target": self.name, "seconds": retry_after_s})
         if failure not in _BREAKER_FAILURES:
             # The request was at fault, not the target; a half-open trial is over.
             self.trial_in_flight = False
@@ -117,6 +124,14 @@ class CircuitBreaker:
         if self.trial_in_flight or self.failures >= self.config.failure_threshold:
             self.opened = True
             self.open_until = self.clock.now() + self.config.cooldown_s
+            log.warning(
+                "circuit opened",
+                extra={
+                    "target": self.name,
+                    "consecutive_failures": self.failures,
+                    "cooldown_s": self.config.cooldown_s,
+                },
+            )
         self.trial_in_flight = False
 
     def release(self) -> None:

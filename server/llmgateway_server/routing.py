@@ -61,7 +61,7 @@ class Router:
         """The breaker of ``target`` (shared by every route that uses it)."""
         breaker = self._breakers.get(target.id)
         if breaker is None:
-            breaker = CircuitBreaker(route.circuit_breaker, self._clock)
+            breaker = CircuitBreaker(route.circuit_breaker, self._clock, target.label)
             self._breakers[target.id] = breaker
         return breaker
 

@@ -158,3 +158,27 @@ async def test_length_finish_reason_is_reported(upstream: FakeUpstream) -> None:
         )
     assert reply.completion.finish_reason == pb.FINISH_REASON_LENGTH
     assert reply.completion.usage.output_token_count == 3
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_both_http_transports_relay_streams_and_close_on_cancel(
+    upstream: FakeUpstream, transport: str
+) -> None:
+    text = providers_config(upstream.base_url).replace(
+        "default_deadline_s: 30", f"default_deadline_s: 30\n  http_transport: {transport}"
+    )
+    upstream.script("gpt-4o-mini", Respond(text="a b c", chunks=3))
+    upstream.script(
+        "gpt-4o-mini", Respond(text=" ".join(["w"] * 100), chunks=100, chunk_delay_s=0.02)
+    )
+    async with running_gateway(text, env=ENV) as gw:
+        deltas, result = await _stream(gw, "gpt", [user("x")])
+        assert "".join(deltas) == "a b c"
+        assert result.usage.output_token_count == 3
+        call = gw.stub.StreamComplete(
+            pb.StreamCompleteRequest(model="gpt", messages=[user("y")]), timeout=10
+        )
+        async for _ in call:
+            call.cancel()
+            break
+        assert await upstream.wait_for_disconnects(1, timeout=2.0)

@@ -12,11 +12,15 @@ tokenized, so a 10,000-message conversation costs about what fits in the window.
 
 from __future__ import annotations
 
+import logging
+
 from llmgateway_server.errors import ContextWindowExceeded
 from llmgateway_server.pipeline.state import CallState, Prompt
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens
 from llmgateway_server.trimming import trim_to_fit
 from llmgateway_server.types import ContextPolicy
+
+log = logging.getLogger("llmgateway.context_window")
 
 
 class ContextWindowPolicy:
@@ -43,6 +47,17 @@ class ContextWindowPolicy:
             elif (total := counts.prompt_total()) + state.max_tokens <= target.context_window:
                 state.prompts[target.id] = Prompt(messages, total)
         state.planned = True
+        for target_id, prompt in state.prompts.items():
+            if prompt.trimmed:
+                log.info(
+                    "prompt trimmed",
+                    extra={
+                        "request_id": state.request_id,
+                        "target": target_id,
+                        "dropped_messages": prompt.trimmed,
+                        "input_tokens": prompt.input_tokens,
+                    },
+                )
         if not state.prompts:
             first = state.route.targets[0]
             raise ContextWindowExceeded(

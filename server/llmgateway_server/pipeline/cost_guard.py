@@ -6,9 +6,13 @@ most expensive target the chain may try (targets the prompt cannot fit are exclu
 
 from __future__ import annotations
 
+import logging
+
 from llmgateway_server.errors import CostLimitExceeded, QuotaViolation
 from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.pricing import worst_case_nano
+
+log = logging.getLogger("llmgateway.cost_guard")
 
 
 def _usd(nano: int) -> str:
@@ -29,6 +33,15 @@ class CostGuardPolicy:
         state.worst_case_nano_usd = worst
         limit = state.route.max_cost_nano_usd
         if worst > limit:
+            log.info(
+                "cost limit exceeded",
+                extra={
+                    "request_id": state.request_id,
+                    "route": state.route.name,
+                    "estimated_nano_usd": worst,
+                    "limit_nano_usd": limit,
+                },
+            )
             raise CostLimitExceeded(
                 f"the worst-case cost {_usd(worst)} of this request is over the per-request "
                 f"limit {_usd(limit)} of model {state.route.name!r}; lower max_tokens or "

@@ -12,10 +12,19 @@ from typing import Protocol
 import httpx
 
 from llmgateway_server.errors import ProviderError
+from llmgateway_server.providers.http import is_timeout
 from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
 
 _SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
 _MAX_DETAIL = 200
+# How providers word a refusal by their safety systems (OpenAI, Azure, Anthropic).
+_CONTENT_POLICY_MARKERS = (
+    "content_policy",
+    "content_filter",
+    "content filtering",
+    "content management policy",
+    "safety system",
+)
 
 
 class Provider(Protocol):
@@ -82,7 +91,7 @@ def classify_status(status: int, *, code: str = "", message: str = "") -> Failur
             or "too many tokens" in lowered
         ):
             return FailureClass.CONTEXT_TOO_LONG
-        if "content_policy" in lowered or "content_filter" in lowered or "safety" in lowered:
+        if any(marker in lowered for marker in _CONTENT_POLICY_MARKERS):
             return FailureClass.CONTENT_POLICY
         return FailureClass.BAD_REQUEST
     if status in (408, 409, 425) or status >= 500:
@@ -135,7 +144,7 @@ async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
 
 def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     """Classify a connection-level failure."""
-    if isinstance(exc, httpx.TimeoutException):
+    if is_timeout(exc):
         return ProviderError(FailureClass.TIMEOUT, f"{provider}: upstream timed out")
     return ProviderError(
         FailureClass.TRANSIENT, f"{provider}: connection failed ({type(exc).__name__})"

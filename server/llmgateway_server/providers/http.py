@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -44,3 +45,15 @@ def build_http_client(
 def request_timeout(total_s: float, connect_s: float) -> httpx.Timeout:
     """Per-request timeout: nothing may outlast the attempt's share of the deadline."""
     return httpx.Timeout(total_s, connect=min(connect_s, total_s))
+
+
+def is_timeout(exc: httpx.HTTPError) -> bool:
+    """Whether a transport error really was a timeout.
+
+    httpx-aiohttp maps every aiohttp connection error (a reset, a server that hung up)
+    to ``httpx.ConnectTimeout``; the aiohttp cause says what actually happened.
+    """
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    cause = exc.__cause__
+    return not isinstance(cause, aiohttp.ClientError) or isinstance(cause, TimeoutError)
