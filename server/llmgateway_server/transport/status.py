@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -12,6 +13,17 @@ from grpc_status import rpc_status
 from llmgateway_server.errors import ERROR_DOMAIN, GatewayError
 
 INTERNAL_MESSAGE = "internal error; the gateway logged the details"
+_PUSHBACK = "grpc-retry-pushback-ms"
+
+
+class _StatusFields(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class _Status(_StatusFields, grpc.Status):
+    """A grpc.Status with our own trailing metadata (as grpc_status builds its own)."""
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -72,6 +84,15 @@ def to_status(error: GatewayError) -> grpc.Status:
     status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code, message=error.message, details=details)
     )
+    if error.reason == "UPSTREAM_UNAVAILABLE":
+        # The gateway already retried and fell back; a negative pushback tells gRPC
+        # clients' retry policies not to multiply that (gRFC A6). RetryInfo still says
+        # when trying again makes sense.
+        return _Status(
+            status.code,
+            status.details,
+            (*status.trailing_metadata, (_PUSHBACK, "-1")),
+        )
     return status
 
 
