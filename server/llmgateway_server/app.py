@@ -243,6 +243,11 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     print(f"llmgateway listening on {host}:{port}", flush=True)
+    print(
+        f"try: llmgateway-client --target {host}:{port} complete --model "
+        f'{next(iter(sorted(config.routes)))} "Hello"',
+        flush=True,
+    )
     try:
         await server.wait_stopped()
     finally:
