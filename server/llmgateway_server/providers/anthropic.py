@@ -11,6 +11,8 @@ import httpx
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
     classify_status,
+    malformed,
+    post_json,
     raise_for_status,
     sanitize,
     transport_error,
@@ -120,17 +122,14 @@ class AnthropicProvider:
 
     async def complete(self, call: UpstreamCall) -> UpstreamResult:
         """Non-streaming message."""
-        try:
-            response = await self._client.post(
-                self._url,
-                content=json.dumps(self._body(call, stream=False)),
-                headers=self._headers,
-                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
-            )
-            await raise_for_status(response, provider=self.name)
-            data = response.json()
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from None
+        data = await post_json(
+            self._client,
+            self._url,
+            self._body(call, stream=False),
+            headers=self._headers,
+            http_timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            provider=self.name,
+        )
         try:
             text = "".join(
                 block.get("text", "") for block in data["content"] if block.get("type") == "text"
@@ -142,9 +141,7 @@ class AnthropicProvider:
                 upstream_model=str(data.get("model") or call.upstream_model),
             )
         except (*_MALFORMED, AttributeError) as exc:
-            raise ProviderError(
-                FailureClass.TRANSIENT, f"{self.name}: malformed response ({type(exc).__name__})"
-            ) from None
+            raise malformed(self.name, exc) from None
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
         """Streaming message; ends with one UpstreamResult."""
@@ -196,9 +193,7 @@ class AnthropicProvider:
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
         except _MALFORMED as exc:
-            raise ProviderError(
-                FailureClass.TRANSIENT, f"{self.name}: malformed stream ({type(exc).__name__})"
-            ) from None
+            raise malformed(self.name, exc) from None
         if not stopped:
             raise ProviderError(FailureClass.TRANSIENT, f"{self.name}: stream ended early")
         yield UpstreamResult(

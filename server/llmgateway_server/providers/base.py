@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -148,4 +148,33 @@ def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
         return ProviderError(FailureClass.TIMEOUT, f"{provider}: upstream timed out")
     return ProviderError(
         FailureClass.TRANSIENT, f"{provider}: connection failed ({type(exc).__name__})"
+    )
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    *,
+    headers: Mapping[str, str],
+    http_timeout: httpx.Timeout,
+    provider: str,
+) -> Any:
+    """POST a JSON body and return the parsed JSON answer, or raise a ProviderError."""
+    try:
+        response = await client.post(
+            url, content=json.dumps(body), headers=headers, timeout=http_timeout
+        )
+        await raise_for_status(response, provider=provider)
+        return response.json()
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from None
+    except ValueError as exc:  # a 200 whose body is not JSON
+        raise malformed(provider, exc) from None
+
+
+def malformed(provider: str, exc: Exception) -> ProviderError:
+    """A body or stream that does not parse: transient (another try may well work)."""
+    return ProviderError(
+        FailureClass.TRANSIENT, f"{provider}: malformed response ({type(exc).__name__})"
     )

@@ -9,7 +9,13 @@ from typing import Any
 import httpx
 
 from llmgateway_server.errors import ProviderError
-from llmgateway_server.providers.base import raise_for_status, sanitize, transport_error
+from llmgateway_server.providers.base import (
+    malformed,
+    post_json,
+    raise_for_status,
+    sanitize,
+    transport_error,
+)
 from llmgateway_server.providers.http import request_timeout
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
@@ -98,17 +104,14 @@ class OpenAIProvider:
 
     async def complete(self, call: UpstreamCall) -> UpstreamResult:
         """Non-streaming chat completion."""
-        try:
-            response = await self._client.post(
-                self._url,
-                content=json.dumps(self._body(call, stream=False)),
-                headers=self._headers,
-                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
-            )
-            await raise_for_status(response, provider=self.name)
-            data = response.json()
-        except httpx.HTTPError as exc:
-            raise transport_error(self.name, exc) from None
+        data = await post_json(
+            self._client,
+            self._url,
+            self._body(call, stream=False),
+            headers=self._headers,
+            http_timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            provider=self.name,
+        )
         try:
             choice = data["choices"][0]
             return UpstreamResult(
@@ -118,9 +121,7 @@ class OpenAIProvider:
                 upstream_model=str(data.get("model") or call.upstream_model),
             )
         except (*_MALFORMED, IndexError, AttributeError) as exc:
-            raise ProviderError(
-                FailureClass.TRANSIENT, f"{self.name}: malformed response ({type(exc).__name__})"
-            ) from None
+            raise malformed(self.name, exc) from None
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
         """Streaming chat completion; ends with one UpstreamResult."""
@@ -166,9 +167,7 @@ class OpenAIProvider:
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
         except _MALFORMED as exc:
-            raise ProviderError(
-                FailureClass.TRANSIENT, f"{self.name}: malformed stream ({type(exc).__name__})"
-            ) from None
+            raise malformed(self.name, exc) from None
         yield UpstreamResult(
             content="".join(parts),
             finish_reason=finish or FinishReason.STOP,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -14,25 +14,24 @@ class UsageRecord:
     request_id: str
     tenant: str
     route: str
-    provider: str
-    upstream_model: str
-    tags: Mapping[str, str]
-    input_tokens: int
-    output_tokens: int
-    cached_input_tokens: int
-    cost_nano_usd: int
-    price_version: str
-    usage_estimated: bool
-    streaming: bool
     outcome: str
-    error_reason: str
-    finish_reason: str
-    attempt_count: int
-    trimmed_message_count: int
-    latency_s: float
-    time_to_first_token_s: float | None
     finished_at_unix_s: float
-
+    provider: str = ""
+    upstream_model: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_nano_usd: int = 0
+    price_version: str = ""
+    usage_estimated: bool = False
+    streaming: bool = False
+    error_reason: str = ""
+    finish_reason: str = ""
+    attempt_count: int = 0
+    trimmed_message_count: int = 0
+    latency_s: float = 0.0
+    time_to_first_token_s: float | None = None
 
 class UsageLedger(Protocol):
     """Where usage records go for cost attribution."""
