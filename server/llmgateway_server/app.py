@@ -31,7 +31,7 @@ from llmgateway_server.pipeline.cost_guard import CostGuardPolicy
 from llmgateway_server.pipeline.ledger import LedgerPolicy
 from llmgateway_server.providers.anthropic import AnthropicProvider
 from llmgateway_server.providers.base import Provider
-from llmgateway_server.providers.http import HttpTransportName, build_http_client
+from llmgateway_server.providers.http import HttpTransportName, build_upstream_client
 from llmgateway_server.providers.mock import MockProvider
 from llmgateway_server.providers.openai import OpenAIProvider
 from llmgateway_server.routes import build_routes
@@ -60,7 +60,7 @@ def build_provider(
             words_per_chunk=config.words_per_chunk,
             reply=config.reply,
         )
-    client = build_http_client(
+    client = build_upstream_client(
         transport=transport,
         max_connections=config.max_connections,
         max_keepalive_connections=config.max_keepalive_connections,
@@ -75,7 +75,6 @@ def build_provider(
             base_url=config.base_url,
             api_key=key,
             anthropic_version=config.anthropic_version,
-            connect_timeout_s=config.connect_timeout_s,
         )
     if isinstance(config, OpenAIProviderConfig | OpenAICompatibleProviderConfig):
         return OpenAIProvider(
@@ -83,7 +82,6 @@ def build_provider(
             client,
             base_url=config.base_url,
             api_key=key,
-            connect_timeout_s=config.connect_timeout_s,
             stream_usage=getattr(config, "stream_usage", True),
         )
     raise AssertionError(f"unhandled provider config {type(config).__name__}")

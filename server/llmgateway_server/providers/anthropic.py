@@ -10,6 +10,7 @@ import httpx
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
+    JSON_HEADERS,
     classify_status,
     malformed,
     post_json,
@@ -17,7 +18,7 @@ from llmgateway_server.providers.base import (
     sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import request_timeout
+from llmgateway_server.providers.http import UpstreamClient
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -71,23 +72,20 @@ class AnthropicProvider:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         base_url: str,
         api_key: Secret,
         anthropic_version: str = "2023-06-01",
-        connect_timeout_s: float = 5.0,
     ) -> None:
         self.name = name
         self._client = client
-        self._url = base_url.rstrip("/") + "/v1/messages"
-        self._headers = {
-            "content-type": "application/json",
-            "accept": "application/json",
-            "x-api-key": api_key.reveal(),
-            "anthropic-version": anthropic_version,
-        }
-        self._connect_timeout_s = connect_timeout_s
+        self._url = httpx.URL(base_url.rstrip("/") + "/v1/messages")
+        self._headers = (
+            *JSON_HEADERS,
+            ("x-api-key", api_key.reveal()),
+            ("anthropic-version", anthropic_version),
+        )
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
@@ -127,7 +125,7 @@ class AnthropicProvider:
             self._url,
             self._body(call, stream=False),
             headers=self._headers,
-            http_timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            timeout_s=call.timeout_s,
             provider=self.name,
         )
         try:
@@ -152,12 +150,11 @@ class AnthropicProvider:
         model = call.upstream_model
         stopped = False
         try:
-            async with self._client.stream(
-                "POST",
+            async with self._client.post(
                 self._url,
-                content=json.dumps(self._body(call, stream=True)),
                 headers=self._headers,
-                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+                body=json.dumps(self._body(call, stream=True)).encode(),
+                timeout_s=call.timeout_s,
             ) as response:
                 await raise_for_status(response, provider=self.name)
                 async for event, data in iter_sse(response.aiter_bytes()):

@@ -6,17 +6,22 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
 
 from llmgateway_server.errors import ProviderError
-from llmgateway_server.providers.http import is_timeout
+from llmgateway_server.providers.http import UpstreamClient, is_timeout
 from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
 
 _SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
 _MAX_DETAIL = 200
+JSON_HEADERS = (
+    ("content-type", "application/json"),
+    ("accept", "application/json"),
+    ("user-agent", "llmgateway/0.1"),
+)
 # How providers word a refusal by their safety systems (OpenAI, Azure, Anthropic).
 _CONTENT_POLICY_MARKERS = (
     "content_policy",
@@ -152,21 +157,21 @@ def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
 
 
 async def post_json(
-    client: httpx.AsyncClient,
-    url: str,
+    client: UpstreamClient,
+    url: httpx.URL,
     body: dict[str, Any],
     *,
-    headers: Mapping[str, str],
-    http_timeout: httpx.Timeout,
+    headers: Sequence[tuple[str, str]],
+    timeout_s: float,
     provider: str,
 ) -> Any:
     """POST a JSON body and return the parsed JSON answer, or raise a ProviderError."""
     try:
-        response = await client.post(
-            url, content=json.dumps(body), headers=headers, timeout=http_timeout
-        )
-        await raise_for_status(response, provider=provider)
-        return response.json()
+        async with client.post(
+            url, headers=headers, body=json.dumps(body).encode(), timeout_s=timeout_s
+        ) as response:
+            await raise_for_status(response, provider=provider)
+            return json.loads(await response.aread())
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from None
     except ValueError as exc:  # a 200 whose body is not JSON

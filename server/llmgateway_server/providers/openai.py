@@ -10,13 +10,14 @@ import httpx
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
+    JSON_HEADERS,
     malformed,
     post_json,
     raise_for_status,
     sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import request_timeout
+from llmgateway_server.providers.http import UpstreamClient
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -62,20 +63,19 @@ class OpenAIProvider:
     def __init__(
         self,
         name: str,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         base_url: str,
         api_key: Secret | None,
-        connect_timeout_s: float = 5.0,
         stream_usage: bool = True,
     ) -> None:
         self.name = name
         self._client = client
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"content-type": "application/json", "accept": "application/json"}
+        self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        headers = [*JSON_HEADERS]
         if api_key is not None:
-            self._headers["authorization"] = f"Bearer {api_key.reveal()}"
-        self._connect_timeout_s = connect_timeout_s
+            headers.append(("authorization", f"Bearer {api_key.reveal()}"))
+        self._headers = tuple(headers)
         self._stream_usage = stream_usage
 
     def __repr__(self) -> str:
@@ -109,7 +109,7 @@ class OpenAIProvider:
             self._url,
             self._body(call, stream=False),
             headers=self._headers,
-            http_timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+            timeout_s=call.timeout_s,
             provider=self.name,
         )
         try:
@@ -130,12 +130,11 @@ class OpenAIProvider:
         usage: Usage | None = None
         model = call.upstream_model
         try:
-            async with self._client.stream(
-                "POST",
+            async with self._client.post(
                 self._url,
-                content=json.dumps(self._body(call, stream=True)),
                 headers=self._headers,
-                timeout=request_timeout(call.timeout_s, self._connect_timeout_s),
+                body=json.dumps(self._body(call, stream=True)).encode(),
+                timeout_s=call.timeout_s,
             ) as response:
                 await raise_for_status(response, provider=self.name)
                 async for _event, data in iter_sse(response.aiter_bytes()):

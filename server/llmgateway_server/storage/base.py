@@ -33,6 +33,7 @@ class UsageRecord:
     latency_s: float = 0.0
     time_to_first_token_s: float | None = None
 
+
 class UsageLedger(Protocol):
     """Where usage records go for cost attribution."""
 
