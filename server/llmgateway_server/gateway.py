@@ -5,15 +5,23 @@ Protobuf-free: the transport converts to and from these types.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from llmgateway_server.auth import Authenticator
 from llmgateway_server.clock import Clock
-from llmgateway_server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound
+from llmgateway_server.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+)
 from llmgateway_server.pipeline import Pipeline
 from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.routes import Route
@@ -97,9 +105,21 @@ class Gateway:
             max_tokens=max_tokens,
         )
 
-    def run(self, state: CallState) -> AsyncGenerator[TextDelta | Completion, None]:
-        """Run an opened call: deltas (when streaming), then one Completion."""
-        return self._pipeline.run(state)
+    async def drive(
+        self, state: CallState, emit: Callable[[TextDelta | Completion], Awaitable[None]]
+    ) -> None:
+        """Run an opened call, handing each delta (when streaming) and then the one
+        Completion to ``emit``, all within the call's deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = asyncio.timeout_at(loop.time() + (state.deadline - self._clock.now()))
+        try:
+            async with deadline, aclosing(self._pipeline.run(state)) as events:
+                async for item in events:
+                    await emit(item)
+        except TimeoutError:
+            if deadline.expired():
+                raise DeadlineExceeded("the deadline passed") from None
+            raise
 
     async def record_rejection(
         self,

@@ -29,7 +29,6 @@ from llmgateway_server.types import (
     AttemptOutcome,
     FailureClass,
     StreamItem,
-    TextDelta,
     UpstreamCall,
     UpstreamResult,
 )
@@ -249,28 +248,37 @@ class Router:
         ttft = state.route.first_token_timeout_s
         first_deadline = min(attempt_deadline, now + ttft) if ttft else attempt_deadline
         stream = target.provider.stream(call)
-        delivered = False
         try:
-            while True:
-                limit = attempt_deadline if delivered else first_deadline
-                try:
-                    async with asyncio.timeout_at(limit + offset):
-                        item = await anext(stream)
-                except StopAsyncIteration:
-                    raise ProviderError(
-                        FailureClass.TRANSIENT, f"{target.label}: stream ended without a result"
-                    ) from None
-                except TimeoutError:
-                    if not delivered and ttft and limit < attempt_deadline:
-                        raise _FirstTokenTimeout(target, ttft) from None
-                    raise self._timeout(state, target, attempt_deadline) from None
+            try:
+                async with asyncio.timeout_at(first_deadline + offset):
+                    item = await anext(stream)
+            except StopAsyncIteration:
+                raise self._ended(target) from None
+            except TimeoutError:
+                if ttft and first_deadline < attempt_deadline:
+                    raise _FirstTokenTimeout(target, ttft) from None
+                raise self._timeout(state, target, attempt_deadline) from None
+            yield item
+            if isinstance(item, UpstreamResult):
+                return
+            # A timer per chunk would cost more than relaying the chunk. The whole call
+            # runs under the caller's deadline (Gateway.drive), the transport's read
+            # timeout cuts a stalled upstream, and the route's cap is checked per chunk.
+            async for item in stream:
+                if clock.now() > attempt_deadline:
+                    raise self._timeout(state, target, attempt_deadline)
                 yield item
                 if isinstance(item, UpstreamResult):
                     return
-                if isinstance(item, TextDelta):
-                    delivered = True
+            raise self._ended(target)
         finally:
             await stream.aclose()
+
+    @staticmethod
+    def _ended(target: Target) -> ProviderError:
+        return ProviderError(
+            FailureClass.TRANSIENT, f"{target.label}: stream ended without a result"
+        )
 
     def _timeout(self, state: CallState, target: Target, attempt_deadline: float) -> Exception:
         if attempt_deadline >= state.deadline:

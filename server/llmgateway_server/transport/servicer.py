@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextlib import aclosing
 from typing import Any
 
 from grpc import aio
@@ -23,7 +22,7 @@ from llmgateway_server.transport.convert import (
     token_count_to_proto,
 )
 from llmgateway_server.transport.status import internal_status, to_status
-from llmgateway_server.types import Completion
+from llmgateway_server.types import Completion, TextDelta
 
 log = logging.getLogger("llmgateway.servicer")
 
@@ -63,12 +62,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         """Unary completion: the streaming path, aggregated."""
         try:
             state = await self._open(request, context, streaming=False)
-            completion: Completion | None = None
-            async with aclosing(self._gateway.run(state)) as events:
-                async for item in events:
-                    if isinstance(item, Completion):
-                        completion = item
-            assert completion is not None, "the pipeline ends every call with a Completion"
+            completions: list[Completion] = []
+
+            async def keep(item: TextDelta | Completion) -> None:
+                if isinstance(item, Completion):
+                    completions.append(item)
+
+            await self._gateway.drive(state, keep)
+            (completion,) = completions  # the pipeline ends every call with one Completion
             return pb.CompleteResponse(completion=completion_to_proto(completion))
         except GatewayError as exc:
             await context.abort_with_status(to_status(exc))
@@ -78,23 +79,21 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         raise AssertionError("abort_with_status always raises")
 
     # A coroutine that writes (not an async generator that yields): when the caller goes
-    # away, cancellation lands in this frame and `aclosing` closes the upstream at once.
+    # away, cancellation lands in Gateway.drive, which closes the upstream at once.
     async def StreamComplete(  # type: ignore[override]
         self, request: pb.StreamCompleteRequest, context: Context
     ) -> None:
         """Streamed completion: deltas as they arrive, then one result."""
         try:
             state = await self._open(request, context, streaming=True)
-            async with aclosing(self._gateway.run(state)) as events:
-                async for item in events:
-                    if isinstance(item, Completion):
-                        await context.write(
-                            pb.StreamCompleteResponse(result=completion_to_proto(item))
-                        )
-                    else:
-                        await context.write(
-                            pb.StreamCompleteResponse(delta=pb.Delta(text=item.text))
-                        )
+
+            async def send(item: TextDelta | Completion) -> None:
+                if isinstance(item, TextDelta):
+                    await context.write(pb.StreamCompleteResponse(delta=pb.Delta(text=item.text)))
+                else:
+                    await context.write(pb.StreamCompleteResponse(result=completion_to_proto(item)))
+
+            await self._gateway.drive(state, send)
         except GatewayError as exc:
             await context.abort_with_status(to_status(exc))
         except Exception:  # a bug: INTERNAL for the caller, the traceback for the logs
