@@ -167,6 +167,8 @@ async def test_usage_records_are_json_lines_with_every_field(
         json.loads(line)["usage"] for line in gw.logs().splitlines() if '"llmgateway.usage"' in line
     ]
     (record,) = records
+    access = [json.loads(line) for line in gw.logs().splitlines() if '"llmgateway.access"' in line]
+    assert [(a["method"], a["code"], a["tenant"]) for a in access] == [("Complete", "OK", "local")]
     assert record["request_id"] == "req-1"
     assert record["tags"] == {"team": "a"}
     assert record["provider"] == "openai"

@@ -47,11 +47,16 @@ def _replace_behavior(
 
 
 class RequestContextInterceptor(aio.ServerInterceptor):
-    """Authenticates gateway calls, sets the tenant for the servicer, logs each call."""
+    """Authenticates gateway calls, sets the tenant for the servicer, logs each call.
+
+    The wrapped handlers are built once per method, not per call: they read the tenant
+    from the request context, so one handler serves every caller.
+    """
 
     def __init__(self, authenticator: Authenticator, *, access_log_enabled: bool = True) -> None:
         self._authenticator = authenticator
         self._access_log = access_log_enabled
+        self._logged: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -62,24 +67,33 @@ class RequestContextInterceptor(aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         """Authenticate, then hand over to the servicer (wrapped for the access log)."""
         method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith(SERVICE_PREFIX):
-            return handler
+        if not method.startswith(SERVICE_PREFIX):
+            return await continuation(handler_call_details)
         try:
             tenant = self._authenticator.authenticate(
                 _metadata(handler_call_details, "authorization")
             )
         except AuthenticationFailed as exc:
-            status = to_status(exc)
-
-            async def refuse(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
-                await context.abort_with_status(status)
-
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
             self._log(method, "-", "UNAUTHENTICATED", 0.0)
-            return _replace_behavior(handler, refuse)
+            return _replace_behavior(handler, _refusal(to_status(exc)))
         current_tenant.set(tenant)
+        logged = self._logged.get(method)
+        if logged is None:
+            handler = await continuation(handler_call_details)
+            if handler is None or not self._access_log:
+                return handler
+            logged = self._wrap(method, handler)
+            self._logged[method] = logged
+        return logged
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         raw = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        if not self._access_log or raw is None or not inspect.iscoroutinefunction(raw):
+        if raw is None or not inspect.iscoroutinefunction(raw):
             return handler
         inner = cast(Behavior, raw)
 
@@ -92,7 +106,7 @@ class RequestContextInterceptor(aio.ServerInterceptor):
                 code = _code_name(context, exc)
                 raise
             finally:
-                self._log(method, tenant, code, time.perf_counter() - started)
+                self._log(method, current_tenant.get(), code, time.perf_counter() - started)
 
         return _replace_behavior(handler, logged)
 
@@ -107,6 +121,13 @@ class RequestContextInterceptor(aio.ServerInterceptor):
                     "duration_ms": round(seconds * 1000, 3),
                 },
             )
+
+
+def _refusal(status: grpc.Status) -> Behavior:
+    async def refuse(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+        await context.abort_with_status(status)
+
+    return refuse
 
 
 def _code_name(context: aio.ServicerContext[Any, Any], exc: BaseException) -> str:
