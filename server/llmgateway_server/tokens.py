@@ -425,4 +425,8 @@ class Tokenizers:
                 name,
             )
             return self._estimator
-        return TiktokenCounter(encoding)
+        counter = TiktokenCounter(encoding)
+        # tiktoken keeps a Python copy of the BPE ranks (~14 MB for cl100k_base) beside
+        # its Rust core's own; counting only calls encode_ordinary, which uses the core.
+        encoding._mergeable_ranks = {}
+        return counter

@@ -125,7 +125,7 @@ class Cost:
         return self.input_nano_usd + self.output_nano_usd
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per call: frozen init costs a setattr per field
 class Attempt:
     """One try against one target."""
 
@@ -136,7 +136,7 @@ class Attempt:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per call: frozen init costs a setattr per field
 class Completion:
     """A finished completion, returned by unary calls and as a stream's last event."""
 
@@ -151,14 +151,14 @@ class Completion:
     trimmed_message_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per chunk: frozen init costs a setattr per field
 class TextDelta:
     """A piece of generated text, relayed to the client as it arrives."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per call: frozen init costs a setattr per field
 class UpstreamCall:
     """What a provider adapter is asked to do: one HTTP call to one upstream model."""
 
@@ -171,7 +171,7 @@ class UpstreamCall:
     timeout_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per call: frozen init costs a setattr per field
 class UpstreamResult:
     """What a provider reports at the end of a call (unary) or a stream."""
 

@@ -18,7 +18,7 @@ from llmgateway_server.providers.base import (
     sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import UpstreamClient
+from llmgateway_server.providers.http import UpstreamClient, body_stream
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -157,7 +157,7 @@ class AnthropicProvider:
                 timeout_s=call.timeout_s,
             ) as response:
                 await raise_for_status(response, provider=self.name)
-                async for event, data in iter_sse(response.aiter_bytes()):
+                async for event, data in iter_sse(body_stream(response)):
                     if event == "content_block_delta":
                         delta = json.loads(data)["delta"]
                         if delta.get("type") == "text_delta" and delta.get("text"):

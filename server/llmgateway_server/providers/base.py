@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import httpx
 
 from llmgateway_server.errors import ProviderError
-from llmgateway_server.providers.http import UpstreamClient, is_timeout
+from llmgateway_server.providers.http import UpstreamClient, read_body
 from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
 
 _SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
@@ -149,7 +149,7 @@ async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
 
 def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     """Classify a connection-level failure."""
-    if is_timeout(exc):
+    if isinstance(exc, httpx.TimeoutException):
         return ProviderError(FailureClass.TIMEOUT, f"{provider}: upstream timed out")
     return ProviderError(
         FailureClass.TRANSIENT, f"{provider}: connection failed ({type(exc).__name__})"
@@ -171,7 +171,7 @@ async def post_json(
             url, headers=headers, body=json.dumps(body).encode(), timeout_s=timeout_s
         ) as response:
             await raise_for_status(response, provider=provider)
-            return json.loads(await response.aread())
+            return json.loads(await read_body(response))
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from None
     except ValueError as exc:  # a 200 whose body is not JSON

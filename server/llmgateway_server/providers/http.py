@@ -6,13 +6,13 @@ aiohttp's costs far less CPU per request than httpx's default (see bench/RESULTS
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Literal
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
+
+from llmgateway_server.providers.aiohttp_transport import AiohttpTransport
 
 HttpTransportName = Literal["aiohttp", "httpx"]
 
@@ -61,6 +61,20 @@ class UpstreamClient:
         await self._transport.aclose()
 
 
+def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
+    """The body as the transport delivers it, without httpx's decoding layers: no
+    compression is negotiated (no Accept-Encoding is sent), so there is nothing to
+    decode, and each layer skipped is a generator hop per chunk."""
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream), "async transports stream asynchronously"
+    return stream
+
+
+async def read_body(response: httpx.Response) -> bytes:
+    """The whole body."""
+    return b"".join([chunk async for chunk in body_stream(response)])
+
+
 def build_upstream_client(
     *,
     transport: HttpTransportName,
@@ -77,19 +91,8 @@ def build_upstream_client(
     )
     chosen: httpx.AsyncBaseTransport
     if transport == "aiohttp":
-        chosen = AiohttpTransport(limits=limits, trust_env=False)
+        chosen = AiohttpTransport(limits=limits)
     else:
         chosen = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     return UpstreamClient(chosen, connect_timeout_s=connect_timeout_s)
 
-
-def is_timeout(exc: httpx.HTTPError) -> bool:
-    """Whether a transport error really was a timeout.
-
-    httpx-aiohttp maps every aiohttp connection error (a reset, a server that hung up)
-    to ``httpx.ConnectTimeout``; the aiohttp cause says what actually happened.
-    """
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    cause = exc.__cause__
-    return not isinstance(cause, aiohttp.ClientError) or isinstance(cause, TimeoutError)

@@ -17,7 +17,7 @@ from llmgateway_server.providers.base import (
     sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import UpstreamClient
+from llmgateway_server.providers.http import UpstreamClient, body_stream
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -137,7 +137,7 @@ class OpenAIProvider:
                 timeout_s=call.timeout_s,
             ) as response:
                 await raise_for_status(response, provider=self.name)
-                async for _event, data in iter_sse(response.aiter_bytes()):
+                async for _event, data in iter_sse(body_stream(response)):
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per call: frozen init costs a setattr per field
 class UsageRecord:
     """Exactly one per finished call: success, failure, rejection or cancellation."""
 

@@ -1,0 +1,111 @@
+"""An httpx transport over one aiohttp ClientSession: httpx's API, aiohttp's speed.
+
+The providers speak httpx (``httpx.Request`` in, ``httpx.Response`` out); underneath, this
+transport costs about a third of the CPU per request of httpx's default one (measured in
+bench/RESULTS.md). It is leaner than the ``httpx-aiohttp`` package it replaced: one read
+layer instead of three, connection failures mapped to the right httpx errors (a reset is
+a ``ReadError``, not a ``ConnectTimeout``), and no compression negotiated, so bodies
+arrive as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+
+_TIMEOUT_ERRORS: tuple[tuple[type[BaseException], type[httpx.TimeoutException]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+)
+
+
+def _map_error(exc: BaseException) -> httpx.TransportError:
+    """The httpx error that says what happened to the connection."""
+    for source, target in _TIMEOUT_ERRORS:
+        if isinstance(exc, source):
+            return target(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
+    return httpx.ReadError(str(exc) or type(exc).__name__)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body of one aiohttp response, as httpx reads it."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _map_error(exc) from exc
+
+    async def aclose(self) -> None:
+        # A body read to the end hands the connection back to the pool; a body left
+        # unread (the caller went away mid-stream) closes the connection at once.
+        if self._response.content.is_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Sends httpx requests with aiohttp; one keep-alive pool per transport."""
+
+    def __init__(self, *, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop, as aiohttp requires.
+        connector = aiohttp.TCPConnector(
+            limit=self._limits.max_connections or 0,
+            keepalive_timeout=self._limits.keepalive_expiry or 30.0,
+            enable_cleanup_closed=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            trust_env=False,
+        )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; the response body streams from the connection."""
+        session = self._session or self._open()
+        timeout = request.extensions.get("timeout", {})
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                data=request.content,
+                headers=request.headers.multi_items(),
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                    connect=timeout.get("pool"),
+                ),
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _map_error(exc) from exc
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=_ResponseStream(response),
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        if self._session is not None:
+            await self._session.close()
