@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+import uvloop
 
 from tests.support.upstream import FakeUpstream
 
@@ -29,3 +31,10 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     """A fake OpenAI + Anthropic server on 127.0.0.1."""
     async with FakeUpstream() as up:
         yield up
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test on uvloop: the event loop the gateway ships with."""
+    return {"uvloop": uvloop.new_event_loop}

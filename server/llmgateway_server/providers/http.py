@@ -95,4 +95,3 @@ def build_upstream_client(
     else:
         chosen = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     return UpstreamClient(chosen, connect_timeout_s=connect_timeout_s)
-
