@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import uvloop
-
 from llmgateway_server.config import ServerConfig
 
 
