@@ -44,6 +44,7 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench
 
 ## test: every check and the whole test suite
 test: lint typecheck check-protos buf-lint hadolint

@@ -1,0 +1,90 @@
+"""The gateway's benchmark configuration: every policy on, one route per fake upstream.
+
+Auth (a tenant keyed by an environment variable), the usage ledger, context-window
+counting (tiktoken cl100k_base, exact; the estimator in one memory row) and trimming, the
+cost guard (``max_cost_usd``) and the router with its retries and circuit breaker all run
+on every call; only the knobs under test change (HTTP transport, event loop, log level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import workload
+import yaml
+
+Transport = Literal["aiohttp", "httpx"]
+Loop = Literal["asyncio", "uvloop"]
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One gateway build under test."""
+
+    transport: Transport = "aiohttp"
+    loop: Loop = "asyncio"
+    log_level: Literal["info", "warning"] = "warning"
+    access_log: bool = False
+    tokenizer: Literal["cl100k_base", "estimate"] = "cl100k_base"
+
+    @property
+    def name(self) -> str:
+        """Short name, e.g. ``gateway-aiohttp-asyncio`` (``+logs`` when logging,
+        ``+estimator`` when prompts are estimated instead of tokenized)."""
+        logs = "+logs" if self.log_level == "info" or self.access_log else ""
+        estimator = "+estimator" if self.tokenizer == "estimate" else ""
+        return f"gateway-{self.transport}-{self.loop}{logs}{estimator}"
+
+
+def gateway_config(
+    variant: Variant, upstreams: dict[str, str], *, max_connections: int = 256
+) -> dict[str, Any]:
+    """The config for ``variant`` with one provider, target and route per upstream
+    (route name -> upstream base URL without ``/v1``)."""
+    providers: dict[str, Any] = {}
+    targets: dict[str, Any] = {}
+    routes: dict[str, Any] = {}
+    for route, base_url in upstreams.items():
+        providers[f"p-{route}"] = {
+            "type": "openai",
+            "base_url": f"{base_url}/v1",
+            "api_key_env": workload.UPSTREAM_KEY_ENV,
+            "max_connections": max_connections,
+            "max_keepalive_connections": max_connections,
+        }
+        targets[f"t-{route}"] = {
+            "provider": f"p-{route}",
+            "model": workload.UPSTREAM_MODEL,
+            "context_window": 128_000,
+            "tokenizer": variant.tokenizer,
+            "price": {
+                "input_per_million_usd": "2.50",
+                "output_per_million_usd": "10.00",
+                "cached_input_per_million_usd": "1.25",
+                "version": "bench-1",
+            },
+        }
+        routes[route] = {"targets": [f"t-{route}"]}
+    return {
+        "server": {
+            "http_transport": variant.transport,
+            "event_loop": variant.loop,
+            "log_level": variant.log_level,
+            "access_log": variant.access_log,
+            "default_deadline_s": 60,
+        },
+        "auth": {
+            "tenants": [{"name": "bench", "api_key_env": workload.TENANT_KEY_ENV, "routes": ["*"]}]
+        },
+        "defaults": {"max_cost_usd": "1.00"},
+        "providers": providers,
+        "targets": targets,
+        "routes": routes,
+    }
+
+
+def gateway_yaml(variant: Variant, upstreams: dict[str, str], *, max_connections: int = 256) -> str:
+    """``gateway_config`` as YAML text."""
+    config = gateway_config(variant, upstreams, max_connections=max_connections)
+    return yaml.safe_dump(config, sort_keys=False)

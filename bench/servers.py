@@ -1,0 +1,95 @@
+"""The processes under test, started and stopped: fake upstreams, the bare relay, gateways."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import procs
+import workload
+from gateway_config import Variant, gateway_yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+OUT = BENCH / "out"
+LOGS = OUT / "logs"
+CONFIGS = OUT / "configs"
+PY = sys.executable
+
+UPSTREAM_READY = r"LISTENING (http://\S+)"
+GATEWAY_READY = r"llmgateway listening on (\S+)"
+RELAY_READY = r"relay listening on (\S+)"
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of every child: the keys the configs reference, the repo on the
+    path (for ``python -m tests.support.upstream``)."""
+    env = dict(os.environ)
+    env[workload.UPSTREAM_KEY_ENV] = workload.UPSTREAM_KEY
+    env[workload.TENANT_KEY_ENV] = workload.TENANT_KEY
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+@dataclass
+class Children:
+    """Everything started, so that all of it is stopped."""
+
+    env: dict[str, str] = field(default_factory=bench_env)
+    running: list[procs.Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], ready: str) -> procs.Child:
+        """Start a child and remember it."""
+        child = procs.start(name, argv, ready, log_dir=LOGS, cwd=REPO, env=self.env)
+        self.running.append(child)
+        return child
+
+    def stop(self, child: procs.Child) -> None:
+        """Stop one child."""
+        child.stop()
+        self.running.remove(child)
+
+    def stop_all(self) -> None:
+        """Stop every child, newest first."""
+        for child in reversed(self.running):
+            child.stop()
+        self.running.clear()
+
+
+def start_upstream(children: Children, name: str, *extra: str) -> procs.Child:
+    """The fake OpenAI upstream (tests/support/upstream.py) answering the fixed text."""
+    argv = [PY, "-m", "tests.support.upstream", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--text", workload.ANSWER_TEXT, "--api-key", workload.UPSTREAM_KEY, *extra]
+    return children.start(name, argv, UPSTREAM_READY)
+
+
+def start_relay(children: Children, name: str, upstreams: dict[str, str]) -> procs.Child:
+    """The bare relay with one route per upstream (route -> base URL)."""
+    argv = [PY, str(BENCH / "bare_relay.py"), "--listen", "127.0.0.1:0"]
+    for route, url in upstreams.items():
+        argv += ["--route", f"{route}={url}/v1"]
+    return children.start(name, argv, RELAY_READY)
+
+
+def start_gateway(
+    children: Children,
+    name: str,
+    variant: Variant,
+    upstreams: dict[str, str],
+    *,
+    max_connections: int = 256,
+    profile_to: Path | None = None,
+) -> procs.Child:
+    """The real gateway process on a config written to bench/out/configs/ (under cProfile
+    when ``profile_to`` is given)."""
+    CONFIGS.mkdir(parents=True, exist_ok=True)
+    path = CONFIGS / f"{name}.yaml"
+    path.write_text(gateway_yaml(variant, upstreams, max_connections=max_connections))
+    argv = [PY]
+    if profile_to is not None:
+        argv += ["-m", "cProfile", "-o", str(profile_to)]
+    argv += ["-m", "llmgateway_server", "run", "--config", str(path), "--listen", "127.0.0.1:0"]
+    return children.start(name, argv, GATEWAY_READY)
