@@ -211,6 +211,27 @@ class TiktokenCounter:
         return tokens
 
 
+# Per-message framing never exceeds this many tokens with any counter here (role,
+# separators, a name marker).
+_MAX_MESSAGE_OVERHEAD = 8
+
+
+def token_upper_bound(messages: Sequence[ChatMessage]) -> int:
+    """A cheap bound no counter here exceeds for these messages (without reply priming).
+
+    A BPE token covers at least one byte; the estimator charges at most 1.25 tokens per
+    UTF-8 byte (upper-case letters), plus one for rounding up. So 5/4 of the bytes plus
+    framing bound every count.
+    """
+    total = 0
+    for m in messages:
+        size = len(m.content.encode("utf-8", "surrogatepass"))
+        if m.name:
+            size += len(m.name.encode("utf-8", "surrogatepass"))
+        total += size + size // 4 + 2 + _MAX_MESSAGE_OVERHEAD
+    return total
+
+
 def count_prompt(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:
     """Tokens of a whole chat prompt: every message plus the reply priming."""
     return REPLY_PRIMING_TOKENS + sum(counter.count_message(m) for m in messages)

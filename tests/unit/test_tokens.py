@@ -323,3 +323,26 @@ def test_message_tokens_counts_each_message_once_on_first_access(
     assert counts.prompt_total() == count_prompt(TiktokenCounter(cl100k), chat)
     assert len(calls) == len(chat)
     assert counts[1:3] == [counts[1], counts[2]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain english prose, the usual case",
+        "ALL CAPS SHOUTING IS DENSER FOR THE ESTIMATOR",
+        "1 2 3 4 5 6 7 8 9 0 " * 20,
+        "漢字とかなの文章です。" * 10,
+        "🙂🚀🎉" * 30,
+        "\ud800 lone surrogate",
+        "def f(x):\n    return {'k': [x, x * 2]}\n" * 5,
+    ],
+)
+def test_token_upper_bound_is_never_below_any_counter(text: str) -> None:
+    from llmgateway_server.tokens import token_upper_bound
+
+    messages = [ChatMessage(Role.USER, text, name="bob"), ChatMessage(Role.SYSTEM, text)]
+    bound = token_upper_bound(messages)
+    counters = [EstimatingCounter(), Tokenizers(None).counter_for("gpt-4", "cl100k_base")]
+    for counter in counters:
+        assert sum(counter.count_message(m) for m in messages) <= bound

@@ -16,7 +16,7 @@ import logging
 
 from llmgateway_server.errors import ContextWindowExceeded
 from llmgateway_server.pipeline.state import CallState, Prompt
-from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens
+from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
 from llmgateway_server.trimming import trim_to_fit
 from llmgateway_server.types import ContextPolicy
 
@@ -30,6 +30,7 @@ class ContextWindowPolicy:
         """Fill ``state.prompts``; raise ContextWindowExceeded when no target fits."""
         messages = state.request.messages
         policy = state.request.context_policy or state.route.context_policy
+        upper_bound = token_upper_bound(messages)
         # Targets that share a tokenizer share the counts.
         counts_by_counter: dict[int, MessageTokens] = {}
         for target in state.route.targets:
@@ -38,7 +39,10 @@ class ContextWindowPolicy:
                 counts = MessageTokens(target.counter, messages)
                 counts_by_counter[id(target.counter)] = counts
             budget = target.context_window - state.max_tokens - REPLY_PRIMING_TOKENS
-            if policy is ContextPolicy.TRIM:
+            if upper_bound <= budget:
+                # Fits for certain: count it (the cost guard needs the count), skip trimming.
+                state.prompts[target.id] = Prompt(messages, counts.prompt_total())
+            elif policy is ContextPolicy.TRIM:
                 trimmed = trim_to_fit(messages, counts, budget)
                 if trimmed is not None:
                     state.prompts[target.id] = Prompt(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Iterable
 
 from google.protobuf.duration_pb2 import Duration
@@ -152,7 +153,7 @@ def to_request(msg: CompletionProto) -> CompletionRequest:
         top_p=top_p,
         stop=tuple(msg.stop),
         tags=dict(msg.tags),
-        request_id=msg.request_id,
+        request_id=msg.request_id or uuid.uuid4().hex,
         context_policy=_POLICIES[msg.context_policy],
     )
 
