@@ -30,7 +30,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Short name, e.g. ``gateway-aiohttp-asyncio`` (``+logs`` when logging,
+        """Short name, e.g. ``gateway-aiohttp-uvloop`` (``+logs`` when logging,
         ``+estimator`` when prompts are estimated instead of tokenized)."""
         logs = "+logs" if self.log_level == "info" or self.access_log else ""
         estimator = "+estimator" if self.tokenizer == "estimate" else ""
