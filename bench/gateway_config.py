@@ -23,14 +23,14 @@ class Variant:
     """One gateway build under test."""
 
     transport: Transport = "aiohttp"
-    loop: Loop = "uvloop"  # the shipped default (server.event_loop)
+    loop: Loop = "asyncio"  # the shipped default (server.event_loop)
     log_level: Literal["info", "warning"] = "warning"
     access_log: bool = False
     tokenizer: Literal["cl100k_base", "estimate"] = "cl100k_base"
 
     @property
     def name(self) -> str:
-        """Short name, e.g. ``gateway-aiohttp-uvloop`` (``+logs`` when logging,
+        """Short name, e.g. ``gateway-aiohttp-asyncio`` (``+logs`` when logging,
         ``+estimator`` when prompts are estimated instead of tokenized)."""
         logs = "+logs" if self.log_level == "info" or self.access_log else ""
         estimator = "+estimator" if self.tokenizer == "estimate" else ""

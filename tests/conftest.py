@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-import uvloop
 
 from tests.support.upstream import FakeUpstream
 
@@ -31,10 +29,3 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     """A fake OpenAI + Anthropic server on 127.0.0.1."""
     async with FakeUpstream() as up:
         yield up
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Run every async test on uvloop: the event loop the gateway ships with."""
-    return {"uvloop": uvloop.new_event_loop}

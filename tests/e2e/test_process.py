@@ -176,6 +176,29 @@ async def test_usage_records_are_json_lines_with_every_field(
     assert record["cost_nano_usd"] > 0
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_gateway_streams_on_either_event_loop(
+    upstream: FakeUpstream, tmp_path: Path, loop: str
+) -> None:
+    text = providers_config(upstream.base_url).replace(
+        "default_deadline_s: 30", f"default_deadline_s: 30\n  event_loop: {loop}"
+    )
+    upstream.script("claude-haiku", Respond(text="on any loop", chunks=3))
+    async with gateway_process(tmp_path, text, ENV) as gw:
+        async with grpc.aio.insecure_channel(gw.address) as channel:
+            stub = pb_grpc.GatewayServiceStub(channel)
+            events = [
+                e
+                async for e in stub.StreamComplete(
+                    pb.StreamCompleteRequest(model="claude", messages=[user("x")]), timeout=10
+                )
+            ]
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(gw.proc.wait(), timeout=10) == 0
+    assert "".join(e.delta.text for e in events[:-1]) == "on any loop"
+    assert events[-1].result.content == "on any loop"
+
+
 async def test_embedded_default_serves_offline(tmp_path: Path) -> None:
     async with gateway_process(tmp_path, None, {}) as gw:
         async with grpc.aio.insecure_channel(gw.address) as channel:
