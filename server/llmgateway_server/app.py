@@ -43,6 +43,7 @@ from llmgateway_server.secrets import Secret
 from llmgateway_server.storage.base import UsageLedger
 from llmgateway_server.storage.log_ledger import LogLedger
 from llmgateway_server.tokens import Tokenizers
+from llmgateway_server.transport.interceptors import RequestContextInterceptor
 from llmgateway_server.transport.servicer import GatewayServicer
 
 log = logging.getLogger("llmgateway.server")
@@ -176,16 +177,16 @@ class GatewayServer:
         self._components = components
         self.health = HealthServicer()
         self._server = aio.server(
+            interceptors=[
+                RequestContextInterceptor(
+                    components.authenticator, access_log_enabled=config.server.access_log
+                )
+            ],
             options=server_options(config),
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(
-                components.gateway,
-                components.authenticator,
-                access_log_enabled=config.server.access_log,
-            ),
-            self._server,
+            GatewayServicer(components.gateway), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

@@ -1,1 +1,1 @@
-"""gRPC transport: the servicer (auth, access log), proto <-> domain conversion, statuses."""
+"""gRPC transport: servicer, proto <-> domain conversion, status mapping, interceptors."""
