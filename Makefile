@@ -22,6 +22,7 @@ $(BUF): tools/package.json tools/package-lock.json
 
 ## run: start the gateway on the embedded default (mock provider, SQLite)
 run: $(VENV)/.installed
+	@echo "In another terminal, try: $(BIN)/llmgateway-client complete --model default \"Hello\""
 	$(BIN)/llmgateway run $(if $(CONFIG),--config $(CONFIG),)
 
 ## protos: regenerate the checked-in Python stubs from protos/
