@@ -9,7 +9,7 @@ import gc
 import logging
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -98,7 +98,6 @@ class Components:
     authenticator: Authenticator
     providers: dict[str, Provider]
     ledger: UsageLedger
-    secrets: list[str] = field(default_factory=list)
 
 
 def build_components(
@@ -141,7 +140,6 @@ def build_components(
         authenticator=authenticator,
         providers=providers,
         ledger=ledger,
-        secrets=[s.reveal() for s in provider_keys.values() if s is not None],
     )
 
 

@@ -17,9 +17,7 @@ Hierarchy::
     ├── BudgetExceeded          RESOURCE_EXHAUSTED  BUDGET_EXCEEDED (+QuotaFailure, RetryInfo)
     ├── RateLimited             RESOURCE_EXHAUSTED  RATE_LIMITED (+QuotaFailure, RetryInfo)
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE (+RetryInfo)
-    ├── ShuttingDown            UNAVAILABLE         SHUTTING_DOWN (+RetryInfo)
-    ├── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
-    └── Cancelled               CANCELLED           CANCELLED
+    └── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
 
     ProviderError               raised by provider adapters, carries a FailureClass;
                                 the router turns exhausted failures into UpstreamUnavailable
@@ -174,25 +172,11 @@ class UpstreamUnavailable(GatewayError):
         self.attempts = tuple(attempts)
 
 
-class ShuttingDown(GatewayError):
-    """The server is draining; retry on another replica."""
-
-    code = "UNAVAILABLE"
-    reason = "SHUTTING_DOWN"
-
-
 class DeadlineExceeded(GatewayError):
     """The caller's deadline passed."""
 
     code = "DEADLINE_EXCEEDED"
     reason = "DEADLINE_EXCEEDED"
-
-
-class Cancelled(GatewayError):
-    """The caller went away."""
-
-    code = "CANCELLED"
-    reason = "CANCELLED"
 
 
 class ProviderError(Exception):

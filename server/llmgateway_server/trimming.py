@@ -26,14 +26,6 @@ class TrimResult:
     tokens: int
 
 
-def fits(total: int, max_tokens: int, window: int) -> bool:
-    """True when a prompt of ``total`` tokens plus a reply of ``max_tokens`` fits ``window``.
-
-    ``total`` is the whole prompt, reply priming included (``tokens.count_prompt``).
-    """
-    return total + max_tokens <= window
-
-
 def trim_to_fit(
     messages: Sequence[ChatMessage], message_tokens: Sequence[int], budget: int
 ) -> TrimResult | None:

@@ -55,8 +55,6 @@ def classify_outcome(state: CallState, exc: BaseException, now: float) -> tuple[
             return CallOutcome.REJECTED, exc.reason
         if exc.reason == "DEADLINE_EXCEEDED":
             return CallOutcome.DEADLINE_EXCEEDED, exc.reason
-        if exc.reason == "CANCELLED":
-            return CallOutcome.CANCELLED, exc.reason
         return CallOutcome.FAILED, exc.reason
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         if now >= state.deadline:
@@ -92,7 +90,6 @@ class Pipeline:
                     state.output_parts.append(item.text)
                     yield item
         except BaseException as exc:  # recorded for the ledger, then re-raised unchanged
-            state.error = exc
             state.outcome, state.error_reason = classify_outcome(state, exc, self._clock.now())
             raise
         finally:

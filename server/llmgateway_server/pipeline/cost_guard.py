@@ -30,7 +30,6 @@ class CostGuardPolicy:
             if prompt is not None:
                 cost = worst_case_nano(prompt.input_tokens, state.max_tokens, target.price)
                 worst = max(worst, cost)
-        state.worst_case_nano_usd = worst
         limit = state.route.max_cost_nano_usd
         if worst > limit:
             log.info(

@@ -57,8 +57,6 @@ class CallState:
     completion: Completion | None = None
     outcome: CallOutcome | None = None
     error_reason: str = ""
-    error: BaseException | None = None
-    worst_case_nano_usd: int = 0
     # Usage and cost once known (set with the completion, or by the ledger at the end).
     metered: Metered | None = None
 

@@ -20,7 +20,7 @@ Our exception hierarchy:
     - RateLimited ............ RESOURCE_EXHAUSTED  RATE_LIMITED
     - RequestTooLarge ........ RESOURCE_EXHAUSTED  REQUEST_TOO_LARGE, or gRPC's own
                                                    message-size limit
-  + Unavailable .............. UNAVAILABLE         UPSTREAM_UNAVAILABLE, SHUTTING_DOWN,
+  + Unavailable .............. UNAVAILABLE         UPSTREAM_UNAVAILABLE,
                                                    or no connection
   + DeadlineExceeded ......... DEADLINE_EXCEEDED
   + Cancelled ................ CANCELLED
@@ -288,7 +288,7 @@ class RequestTooLarge(ResourceExhausted):
 class Unavailable(GatewayError):
     """The gateway or every upstream target is unavailable; worth retrying later.
 
-    UPSTREAM_UNAVAILABLE (every target failed), SHUTTING_DOWN, or no connection to the
+    UPSTREAM_UNAVAILABLE (every target failed), or no connection to the
     gateway at all (reason None). The client already retries UNAVAILABLE unless
     built with `retry_unavailable=False`.
 
@@ -344,7 +344,6 @@ _BY_REASON: dict[str, type[GatewayError]] = {
     "RATE_LIMITED": RateLimited,
     "REQUEST_TOO_LARGE": RequestTooLarge,
     "UPSTREAM_UNAVAILABLE": Unavailable,
-    "SHUTTING_DOWN": Unavailable,
     "DEADLINE_EXCEEDED": DeadlineExceeded,
     "INTERNAL": InternalError,
 }

@@ -48,10 +48,9 @@ class GatewayServiceStub:
     |                     |                          | estimated_nano_usd                       |
     | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
     | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | REQUEST_TOO_LARGE        | (message-size limit, set by gRPC itself) |
+    | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
-    | UNAVAILABLE         | SHUTTING_DOWN            | RetryInfo                                |
     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED        |                                          |
     | CANCELLED           | (none)                   |                                          |
     | INTERNAL            | INTERNAL                 | generic message; details only in logs    |
@@ -111,10 +110,9 @@ class GatewayServiceServicer:
     |                     |                          | estimated_nano_usd                       |
     | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
     | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | REQUEST_TOO_LARGE        | (message-size limit, set by gRPC itself) |
+    | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
-    | UNAVAILABLE         | SHUTTING_DOWN            | RetryInfo                                |
     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED        |                                          |
     | CANCELLED           | (none)                   |                                          |
     | INTERNAL            | INTERNAL                 | generic message; details only in logs    |
@@ -208,10 +206,9 @@ class GatewayService:
     |                     |                          | estimated_nano_usd                       |
     | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
     | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | REQUEST_TOO_LARGE        | (message-size limit, set by gRPC itself) |
+    | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
-    | UNAVAILABLE         | SHUTTING_DOWN            | RetryInfo                                |
     | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED        |                                          |
     | CANCELLED           | (none)                   |                                          |
     | INTERNAL            | INTERNAL                 | generic message; details only in logs    |
