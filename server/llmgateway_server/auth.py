@@ -50,8 +50,7 @@ class Authenticator:
 
     def check_route(self, tenant: str, route: str) -> None:
         """Raise ModelNotAllowed unless ``tenant`` may use ``route``."""
-        allowed = self._routes.get(tenant, frozenset())
-        if allowed is not None and route not in allowed:
+        if not self.may_use(tenant, route):
             raise ModelNotAllowed(
                 f"tenant {tenant!r} may not use model {route!r}",
                 metadata={"model": route, "tenant": tenant},
