@@ -40,16 +40,18 @@ class ContextWindowPolicy:
                 counts_by_counter[id(target.counter)] = counts
             budget = target.context_window - state.max_tokens - REPLY_PRIMING_TOKENS
             if upper_bound <= budget:
-                # Fits for certain: count it (the cost guard needs the count), skip trimming.
-                state.prompts[target.id] = Prompt(messages, counts.prompt_total())
+                # Fits for certain: no trimming, and no counting until something needs it.
+                state.prompts[target.id] = Prompt(messages, counts=counts)
             elif policy is ContextPolicy.TRIM:
                 trimmed = trim_to_fit(messages, counts, budget)
                 if trimmed is not None:
                     state.prompts[target.id] = Prompt(
-                        trimmed.messages, trimmed.tokens + REPLY_PRIMING_TOKENS, trimmed.dropped
+                        trimmed.messages,
+                        input_tokens=trimmed.tokens + REPLY_PRIMING_TOKENS,
+                        trimmed=trimmed.dropped,
                     )
             elif (total := counts.prompt_total()) + state.max_tokens <= target.context_window:
-                state.prompts[target.id] = Prompt(messages, total)
+                state.prompts[target.id] = Prompt(messages, input_tokens=total)
         state.planned = True
         for target_id, prompt in state.prompts.items():
             if prompt.trimmed:

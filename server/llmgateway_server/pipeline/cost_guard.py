@@ -24,13 +24,12 @@ class CostGuardPolicy:
 
     async def before(self, state: CallState) -> None:
         """Raise CostLimitExceeded when the worst case is over the limit."""
-        worst = 0
-        for target in state.route.targets:
-            prompt = state.prompt_for(target)
-            if prompt is not None:
-                cost = worst_case_nano(prompt.input_tokens, state.max_tokens, target.price)
-                worst = max(worst, cost)
         limit = state.route.max_cost_nano_usd
+        # Priced on each prompt's token bound first: when even that is within the limit,
+        # the exact count cannot be over it, and the prompt need not be tokenized.
+        if self._worst_case(state, exact=False) <= limit:
+            return
+        worst = self._worst_case(state, exact=True)
         if worst > limit:
             log.info(
                 "cost limit exceeded",
@@ -53,6 +52,16 @@ class CostGuardPolicy:
                     )
                 ],
             )
+
+    @staticmethod
+    def _worst_case(state: CallState, *, exact: bool) -> int:
+        worst = 0
+        for target in state.route.targets:
+            prompt = state.prompt_for(target)
+            if prompt is not None:
+                tokens = prompt.input_tokens if exact else prompt.token_bound
+                worst = max(worst, worst_case_nano(tokens, state.max_tokens, target.price))
+        return worst
 
     async def after(self, state: CallState) -> None:
         """Nothing to undo."""

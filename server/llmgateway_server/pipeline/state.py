@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmgateway_server.routes import Route, Target
-from llmgateway_server.tokens import count_prompt
+from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
 from llmgateway_server.types import (
     Attempt,
     CallOutcome,
@@ -19,13 +19,46 @@ if TYPE_CHECKING:
     from llmgateway_server.pipeline.usage import Metered
 
 
-@dataclass(slots=True)
 class Prompt:
-    """The messages to send to one target, after context-window management."""
+    """The messages to send to one target, after context-window management.
 
-    messages: tuple[ChatMessage, ...]
-    input_tokens: int
-    trimmed: int = 0
+    ``token_bound`` is never below the exact count and costs nothing; the exact count
+    (``input_tokens``) is taken the first time something needs it: the cost guard when
+    the bound does not settle the question, the bill of a call whose upstream reported
+    no usage, an error that names the count. A call that fits and is priced by its
+    bound is never tokenized.
+    """
+
+    __slots__ = ("_counts", "_input_tokens", "messages", "token_bound", "trimmed")
+
+    def __init__(
+        self,
+        messages: tuple[ChatMessage, ...],
+        *,
+        input_tokens: int | None = None,
+        counts: MessageTokens | None = None,
+        trimmed: int = 0,
+    ) -> None:
+        """Either the exact ``input_tokens`` (reply priming included), or the per-message
+        ``counts`` to take them from when asked."""
+        if input_tokens is None:
+            if counts is None:
+                raise ValueError("a Prompt needs its token count or the counts to take it from")
+            self.token_bound = token_upper_bound(messages) + REPLY_PRIMING_TOKENS
+        else:
+            self.token_bound = input_tokens
+        self.messages = messages
+        self.trimmed = trimmed
+        self._input_tokens = input_tokens
+        self._counts = counts
+
+    @property
+    def input_tokens(self) -> int:
+        """The exact count, reply priming included."""
+        if self._input_tokens is None:
+            assert self._counts is not None
+            self._input_tokens = self._counts.prompt_total()
+        return self._input_tokens
 
 
 @dataclass(slots=True)
@@ -70,6 +103,6 @@ class CallState:
         prompt = self.prompts.get(target.id)
         if prompt is None and not self.planned:
             messages = self.request.messages
-            prompt = Prompt(messages, count_prompt(target.counter, messages))
+            prompt = Prompt(messages, counts=MessageTokens(target.counter, messages))
             self.prompts[target.id] = prompt
         return prompt

@@ -10,7 +10,7 @@ arrive as sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import httpx
@@ -34,11 +34,18 @@ def _map_error(exc: BaseException) -> httpx.TransportError:
     return httpx.ReadError(str(exc) or type(exc).__name__)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
+class ResponseStream(httpx.AsyncByteStream):
     """The body of one aiohttp response, as httpx reads it."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+
+    async def read(self) -> bytes:
+        """The whole body at once (one read, no per-chunk iteration)."""
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _map_error(exc) from exc
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -80,20 +87,46 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the response body streams from the connection."""
-        session = self._session or self._open()
         timeout = request.extensions.get("timeout", {})
+        response = await self.send(
+            request.method,
+            str(request.url),
+            headers=request.headers.multi_items(),
+            body=request.content,
+            connect_timeout_s=timeout.get("connect"),
+            read_timeout_s=timeout.get("read"),
+            pool_timeout_s=timeout.get("pool"),
+        )
+        response.request = request
+        return response
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        connect_timeout_s: float | None,
+        read_timeout_s: float | None,
+        pool_timeout_s: float | None,
+    ) -> httpx.Response:
+        """Send one request given as plain values, skipping the ``httpx.Request`` that
+        ``handle_async_request`` would only take apart again; the response is httpx's,
+        its body streaming from the connection."""
+        session = self._session or self._open()
         try:
             response = await session.request(
-                request.method,
-                str(request.url),
-                data=request.content,
-                headers=request.headers.multi_items(),
+                method,
+                url,
+                data=body,
+                headers=headers,
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                    connect=timeout.get("pool"),
+                    sock_connect=connect_timeout_s,
+                    sock_read=read_timeout_s,
+                    connect=pool_timeout_s,
                 ),
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -101,8 +134,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_ResponseStream(response),
-            request=request,
+            stream=ResponseStream(response),
         )
 
     async def aclose(self) -> None:

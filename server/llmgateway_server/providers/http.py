@@ -6,13 +6,13 @@ aiohttp's costs far less CPU per request than httpx's default (see bench/RESULTS
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, Sequence
+from types import TracebackType
 from typing import Literal
 
 import httpx
 
-from llmgateway_server.providers.aiohttp_transport import AiohttpTransport
+from llmgateway_server.providers.aiohttp_transport import AiohttpTransport, ResponseStream
 
 HttpTransportName = Literal["aiohttp", "httpx"]
 
@@ -20,22 +20,42 @@ HttpTransportName = Literal["aiohttp", "httpx"]
 class UpstreamClient:
     """POSTs to one provider through an httpx transport and its keep-alive pool.
 
-    It uses httpx's transport API (``httpx.Request`` in, ``httpx.Response`` out) but not
+    Providers get httpx's types (``httpx.Response``, httpx's errors) but not
     ``httpx.AsyncClient``: the client's per-request machinery (cookie jar, redirect and
     auth flows, URL merging) cost about a third of the gateway's CPU per call and
-    nothing here needs it. Any httpx transport fits, ``httpx.MockTransport`` included.
+    nothing here needs it. Any httpx transport fits, ``httpx.MockTransport`` included;
+    the aiohttp transport is handed the request's parts directly, without an
+    ``httpx.Request`` it would only take apart again.
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport, *, connect_timeout_s: float) -> None:
         self._transport = transport
+        self._direct = transport if isinstance(transport, AiohttpTransport) else None
         self._connect_timeout_s = connect_timeout_s
 
-    @asynccontextmanager
-    async def post(
+    def post(
         self, url: httpx.URL, *, headers: Sequence[tuple[str, str]], body: bytes, timeout_s: float
-    ) -> AsyncIterator[httpx.Response]:
-        """Send a POST; the response (streamed) is closed when the block exits, which
-        closes its connection when the body was not read to the end."""
+    ) -> Exchange:
+        """Send a POST (``async with client.post(...) as response``); the response
+        (streamed) is closed when the block exits, which closes its connection when the
+        body was not read to the end."""
+        return Exchange(self, url, headers, body, timeout_s)
+
+    async def send(
+        self, url: httpx.URL, headers: Sequence[tuple[str, str]], body: bytes, timeout_s: float
+    ) -> httpx.Response:
+        """Send a POST; the caller closes the response."""
+        connect_s = min(self._connect_timeout_s, timeout_s)
+        if self._direct is not None:
+            return await self._direct.send(
+                "POST",
+                str(url),
+                headers=headers,
+                body=body,
+                connect_timeout_s=connect_s,
+                read_timeout_s=timeout_s,
+                pool_timeout_s=timeout_s,
+            )
         request = httpx.Request(
             "POST",
             url,
@@ -43,22 +63,58 @@ class UpstreamClient:
             content=body,
             extensions={
                 "timeout": {
-                    "connect": min(self._connect_timeout_s, timeout_s),
+                    "connect": connect_s,
                     "read": timeout_s,
                     "write": timeout_s,
                     "pool": timeout_s,
                 }
             },
         )
-        response = await self._transport.handle_async_request(request)
-        try:
-            yield response
-        finally:
-            await response.aclose()
+        return await self._transport.handle_async_request(request)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._transport.aclose()
+
+
+class Exchange:
+    """One POST as an async context manager: the response, closed on exit.
+
+    A class rather than ``@asynccontextmanager``: it runs once per upstream call, and the
+    generator-based manager costs a frame and a generator on every one.
+    """
+
+    __slots__ = ("_body", "_client", "_headers", "_response", "_timeout_s", "_url")
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        url: httpx.URL,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._headers = headers
+        self._body = body
+        self._timeout_s = timeout_s
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self._response = await self._client.send(
+            self._url, self._headers, self._body, self._timeout_s
+        )
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            await self._response.aclose()
 
 
 def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
@@ -71,7 +127,10 @@ def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
 
 
 async def read_body(response: httpx.Response) -> bytes:
-    """The whole body."""
+    """The whole body (in one read when the aiohttp transport carries it)."""
+    stream = response.stream
+    if isinstance(stream, ResponseStream):
+        return await stream.read()
     return b"".join([chunk async for chunk in body_stream(response)])
 
 
