@@ -63,6 +63,44 @@ async def test_gateway_deadline_error_carries_reason_when_it_fires_first(
         assert await upstream.wait_for_disconnects(1, timeout=2.0)
 
 
+async def _collect_deltas(call: object, deltas: list[str]) -> None:
+    async for event in call:  # type: ignore[attr-defined]
+        deltas.append(event.delta.text)
+
+
+@pytest.mark.parametrize(("route", "model"), [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
+async def test_route_timeout_cuts_a_stream_that_stalls_after_its_first_chunk(
+    upstream: FakeUpstream, route: str, model: str
+) -> None:
+    # The first chunk comes at once, the next one only after 30 s: the route's 0.5 s
+    # attempt timeout (not the caller's 10 s deadline) ends the call, and the upstream
+    # stream is closed rather than left to trickle on.
+    upstream.script(model, Respond(text="first second third", chunks=3, chunk_delay_s=30))
+    routes = f"  {route}-bounded:\n    targets: [{route}]\n    timeout_s: 0.5\n"
+    async with running_gateway(providers_config(upstream.base_url, routes=routes), env=ENV) as gw:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deltas: list[str] = []
+        call = gw.stub.StreamComplete(
+            pb.StreamCompleteRequest(
+                model=f"{route}-bounded", messages=[user("x")], request_id="r-stall"
+            ),
+            timeout=10,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _collect_deltas(call, deltas)
+        elapsed = loop.time() - started
+        assert await upstream.wait_for_disconnects(1, timeout=2.0), (
+            "the stalled stream was left open"
+        )
+        record = await gw.ledger.wait_for("r-stall")
+    assert deltas == ["first"]
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # no fallback after a delta
+    assert 0.4 < elapsed < 5.0
+    assert record.outcome == "failed"
+    assert record.output_tokens > 0, "what was relayed is billed"
+
+
 @pytest.mark.parametrize(("route", "model"), [("gpt", "gpt-4o-mini"), ("claude", "claude-haiku")])
 async def test_client_cancel_mid_stream_closes_upstream_and_bills_what_was_produced(
     upstream: FakeUpstream, route: str, model: str

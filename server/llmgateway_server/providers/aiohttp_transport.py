@@ -86,16 +86,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request``; the response body streams from the connection."""
-        timeout = request.extensions.get("timeout", {})
-        response = await self.send(
+        """Send ``request`` with httpx's timeouts (the read timeout is per socket read);
+        the response body streams from the connection."""
+        timeouts = request.extensions.get("timeout", {})
+        response = await self._send(
             request.method,
             str(request.url),
             headers=request.headers.multi_items(),
             body=request.content,
-            connect_timeout_s=timeout.get("connect"),
-            read_timeout_s=timeout.get("read"),
-            pool_timeout_s=timeout.get("pool"),
+            timeouts=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=timeouts.get("connect"),
+                sock_read=timeouts.get("read"),
+                connect=timeouts.get("pool"),
+            ),
         )
         response.request = request
         return response
@@ -107,27 +111,38 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         *,
         headers: Sequence[tuple[str, str]],
         body: bytes,
-        connect_timeout_s: float | None,
-        read_timeout_s: float | None,
-        pool_timeout_s: float | None,
+        connect_timeout_s: float,
+        total_timeout_s: float,
     ) -> httpx.Response:
         """Send one request given as plain values, skipping the ``httpx.Request`` that
-        ``handle_async_request`` would only take apart again; the response is httpx's,
-        its body streaming from the connection."""
+        ``handle_async_request`` would only take apart again.
+
+        ``total_timeout_s`` bounds the whole exchange (waiting for a pooled connection,
+        sending, and reading the body to its end) with one timer; past it, reading raises
+        ``httpx.ReadTimeout``. A per-read timeout would re-arm a timer on every chunk of
+        a stream, which costs more than relaying the chunk.
+        """
+        return await self._send(
+            method,
+            url,
+            headers=headers,
+            body=body,
+            timeouts=aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s),
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        timeouts: aiohttp.ClientTimeout,
+    ) -> httpx.Response:
         session = self._session or self._open()
         try:
             response = await session.request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=connect_timeout_s,
-                    sock_read=read_timeout_s,
-                    connect=pool_timeout_s,
-                ),
+                method, url, data=body, headers=headers, allow_redirects=False, timeout=timeouts
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _map_error(exc) from exc

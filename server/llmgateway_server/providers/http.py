@@ -53,8 +53,7 @@ class UpstreamClient:
                 headers=headers,
                 body=body,
                 connect_timeout_s=connect_s,
-                read_timeout_s=timeout_s,
-                pool_timeout_s=timeout_s,
+                total_timeout_s=timeout_s,
             )
         request = httpx.Request(
             "POST",

@@ -56,7 +56,8 @@ class RequestContextInterceptor(aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, *, access_log_enabled: bool = True) -> None:
         self._authenticator = authenticator
         self._access_log = access_log_enabled
-        self._logged: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        # The handler of each method (wrapped for the access log), looked up once.
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -80,13 +81,13 @@ class RequestContextInterceptor(aio.ServerInterceptor):
             self._log(method, "-", "UNAUTHENTICATED", 0.0)
             return _replace_behavior(handler, _refusal(to_status(exc)))
         current_tenant.set(tenant)
-        logged = self._logged.get(method)
+        logged = self._handlers.get(method)
         if logged is None:
             handler = await continuation(handler_call_details)
-            if handler is None or not self._access_log:
-                return handler
-            logged = self._wrap(method, handler)
-            self._logged[method] = logged
+            if handler is None:
+                return None
+            logged = self._wrap(method, handler) if self._access_log else handler
+            self._handlers[method] = logged
         return logged
 
     def _wrap(
