@@ -186,10 +186,22 @@ class RetryConfig(_Strict):
 
 
 class CircuitBreakerConfig(_Strict):
-    """Per-target breaker: opens after consecutive failures, one trial after cooldown."""
+    """Per-target breaker: opens by either rule below, then one trial after cooldown.
+
+    - ``failure_threshold`` consecutive failures, or
+    - when ``failure_ratio`` is set: over the last ``window_s`` seconds at least
+      ``min_calls`` calls reached a verdict and at least that share of them failed.
+      Off (None) by default; ``window_s`` and ``min_calls`` matter only when it is set.
+
+    Only failures that say the target is unhealthy count (rate limits, transient
+    errors, timeouts, credentials); a request at fault counts neither way.
+    """
 
     failure_threshold: int = Field(default=5, ge=1, le=1000)
     cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+    failure_ratio: float | None = Field(default=None, gt=0, le=1)
+    window_s: float = Field(default=30.0, gt=0, le=3600)
+    min_calls: int = Field(default=20, ge=1, le=100_000)
 
 
 class TargetRef(_Strict):

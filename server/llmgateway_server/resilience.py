@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmgateway_server.clock import Clock
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
@@ -20,6 +20,9 @@ RETRYABLE = frozenset({FailureClass.RATE_LIMITED, FailureClass.TRANSIENT, Failur
 
 # Failures that say the target is unhealthy (not that this request is bad).
 _BREAKER_FAILURES = RETRYABLE | {FailureClass.CREDENTIAL}
+
+# Fixed time buckets in a breaker's failure-ratio window.
+_WINDOW_BUCKETS = 10
 
 
 def backoff_delay(attempt: int, retry: RetryConfig, clock: Clock) -> float:
@@ -57,14 +60,71 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
+class _OutcomeWindow:
+    """Successes and failures of the last ``window_s`` seconds, in fixed time buckets.
+
+    Bucket ``i`` holds the verdicts of ``[i * width, (i + 1) * width)`` with ``width =
+    window_s / _WINDOW_BUCKETS``, in a ring of ``_WINDOW_BUCKETS`` slots. A bucket leaves
+    whole once its start is ``window_s`` old, so a verdict is forgotten between 9/10 of
+    ``window_s`` and ``window_s`` after it. Memory is fixed and each call is O(1):
+    running totals, and at most ``_WINDOW_BUCKETS`` slots to expire however long the gap.
+    """
+
+    __slots__ = ("_failed", "_head", "_succeeded", "_width", "failures", "successes")
+
+    def __init__(self, window_s: float) -> None:
+        self._width = window_s / _WINDOW_BUCKETS
+        self._head = 0  # index of the newest bucket; slots older than the window are zero
+        self._succeeded = [0] * _WINDOW_BUCKETS
+        self._failed = [0] * _WINDOW_BUCKETS
+        self.successes = 0
+        self.failures = 0
+
+    def add(self, now: float, *, failed: bool) -> None:
+        """Count one verdict at time ``now``."""
+        index = int(now // self._width)
+        if index > self._head:
+            if index - self._head >= _WINDOW_BUCKETS:
+                self.clear()
+            else:
+                for expired in range(self._head + 1, index + 1):
+                    slot = expired % _WINDOW_BUCKETS
+                    self.successes -= self._succeeded[slot]
+                    self.failures -= self._failed[slot]
+                    self._succeeded[slot] = 0
+                    self._failed[slot] = 0
+            self._head = index
+        # A clock that went backwards counts in the newest bucket.
+        slot = self._head % _WINDOW_BUCKETS
+        if failed:
+            self._failed[slot] += 1
+            self.failures += 1
+        else:
+            self._succeeded[slot] += 1
+            self.successes += 1
+
+    def clear(self) -> None:
+        """Forget every verdict."""
+        for slot in range(_WINDOW_BUCKETS):
+            self._succeeded[slot] = 0
+            self._failed[slot] = 0
+        self.successes = 0
+        self.failures = 0
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
     """One target's breaker.
 
-    Opens after ``failure_threshold`` consecutive failures; while open the target is
-    skipped; after ``cooldown_s`` one trial call goes through (half-open): success
-    closes the breaker, failure opens it again. A 429 with Retry-After benches the
-    target for that long for every caller.
+    Opens by either of two rules: ``failure_threshold`` consecutive failures, or (when
+    ``failure_ratio`` is set) a failure ratio over a sliding window: over the last
+    ``window_s`` seconds (in ten fixed buckets) at least ``min_calls`` calls reached a
+    verdict and at least ``failure_ratio`` of them failed; the ratio is checked on every
+    verdict, a success included. Only failures that say the target is unhealthy count
+    toward either rule; a request at fault and a cancelled call count neither way.
+    While open the target is skipped; after ``cooldown_s`` one trial call goes through
+    (half-open): success closes the breaker and clears the window, failure opens it
+    again. A 429 with Retry-After benches the target for that long for every caller.
     """
 
     config: CircuitBreakerConfig
@@ -75,6 +135,12 @@ class CircuitBreaker:
     benched_until: float = 0.0
     trial_in_flight: bool = False
     opened: bool = False
+    # The failure-ratio window; None when the rule is off.
+    _window: _OutcomeWindow | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.config.failure_ratio is not None:
+            self._window = _OutcomeWindow(self.config.window_s)
 
     @property
     def state(self) -> BreakerState:
@@ -104,12 +170,17 @@ class CircuitBreaker:
         return until - now if until > now else None
 
     def record_success(self) -> None:
-        """A call succeeded: close."""
+        """A call succeeded: close (and clear the ratio window if it was open)."""
         if self.opened:
             log.info("circuit closed", extra={"target": self.name})
+            if self._window is not None:
+                self._window.clear()
         self.failures = 0
         self.opened = False
         self.trial_in_flight = False
+        if self._window is not None:
+            self._window.add(self.clock.now(), failed=False)
+            self._check_ratio(self._window)
 
     def record_failure(self, failure: FailureClass, retry_after_s: float | None = None) -> None:
         """A call failed; count it when the failure says the target is unhealthy."""
@@ -121,18 +192,46 @@ class CircuitBreaker:
             self.trial_in_flight = False
             return
         self.failures += 1
-        if self.trial_in_flight or self.failures >= self.config.failure_threshold:
-            self.opened = True
-            self.open_until = self.clock.now() + self.config.cooldown_s
-            log.warning(
-                "circuit opened",
-                extra={
-                    "target": self.name,
-                    "consecutive_failures": self.failures,
-                    "cooldown_s": self.config.cooldown_s,
-                },
-            )
+        window = self._window
+        if window is not None:
+            window.add(self.clock.now(), failed=True)
+        if self.trial_in_flight:
+            self._open("half_open_trial")
+        elif self.failures >= self.config.failure_threshold:
+            self._open("consecutive_failures")
+        elif window is not None:
+            self._check_ratio(window)
         self.trial_in_flight = False
+
+    def _check_ratio(self, window: _OutcomeWindow) -> None:
+        """Open when the window holds ``min_calls`` verdicts and enough of them failed."""
+        calls = window.successes + window.failures
+        ratio = self.config.failure_ratio
+        if ratio is None or calls < self.config.min_calls:
+            return
+        observed = window.failures / calls
+        if observed >= ratio:
+            self._open(
+                "failure_ratio",
+                failure_ratio=round(observed, 4),
+                calls=calls,
+                window_s=self.config.window_s,
+            )
+
+    def _open(self, rule: str, **fields: float) -> None:
+        """Open for ``cooldown_s``; the log line says which rule opened it."""
+        self.opened = True
+        self.open_until = self.clock.now() + self.config.cooldown_s
+        log.warning(
+            "circuit opened",
+            extra={
+                "target": self.name,
+                "rule": rule,
+                "consecutive_failures": self.failures,
+                "cooldown_s": self.config.cooldown_s,
+                **fields,
+            },
+        )
 
     def release(self) -> None:
         """The call ended without a verdict (cancelled): give the trial back."""

@@ -133,3 +133,36 @@ def test_tenant_keys_from_digests_and_env_map_to_tenants() -> None:
 def test_config_without_any_way_in_is_rejected() -> None:
     with pytest.raises(ConfigError, match="configure tenants"):
         parse_config(BASE.replace("  anonymous_tenant: local", "  tenants: []"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        ("failure_ratio: 0", "failure_ratio"),
+        ("failure_ratio: 1.5", "failure_ratio"),
+        ("failure_ratio: 0.5, window_s: 0", "window_s"),
+        ("failure_ratio: 0.5, min_calls: 0", "min_calls"),
+    ],
+)
+def test_circuit_breaker_ratio_settings_out_of_range_name_their_path(
+    setting: str, field: str
+) -> None:
+    text = BASE.replace(
+        "    targets: [mini]", f"    targets: [mini]\n    circuit_breaker: {{{setting}}}"
+    )
+    with pytest.raises(ConfigError, match=rf"routes\.default\.circuit_breaker\.{field}:"):
+        parse_config(text)
+
+
+def test_circuit_breaker_ratio_settings_parse_and_default_off() -> None:
+    text = BASE.replace(
+        "    targets: [mini]",
+        "    targets: [mini]\n"
+        "    circuit_breaker: {failure_ratio: 0.5, window_s: 60, min_calls: 50}",
+    )
+    breaker = parse_config(text).routes["default"].circuit_breaker
+    assert breaker is not None
+    assert (breaker.failure_ratio, breaker.window_s, breaker.min_calls) == (0.5, 60.0, 50)
+    defaults = parse_config(BASE).defaults.circuit_breaker
+    assert defaults.failure_ratio is None
+    assert (defaults.failure_threshold, defaults.cooldown_s) == (5, 30.0)

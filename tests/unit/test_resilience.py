@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
 from llmgateway_server.resilience import BreakerState, CircuitBreaker, backoff_delay, retry_delay
 from llmgateway_server.types import FailureClass
@@ -113,3 +116,179 @@ def test_cancelled_trial_is_given_back() -> None:
     assert breaker.allow()
     breaker.release()
     assert breaker.allow()
+
+
+def _ratio_breaker(
+    clock: FakeClock, *, window_s: float = 30.0, min_calls: int = 10, cooldown_s: float = 10.0
+) -> CircuitBreaker:
+    """A breaker that opens at a 50% failure ratio; consecutive failures never open it."""
+    config = CircuitBreakerConfig(
+        failure_threshold=1000,
+        cooldown_s=cooldown_s,
+        failure_ratio=0.5,
+        window_s=window_s,
+        min_calls=min_calls,
+    )
+    return CircuitBreaker(config, clock, "t1")
+
+
+def _opened_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "circuit opened"]
+
+
+def test_failure_ratio_opens_the_breaker_at_min_calls(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock)
+    with caplog.at_level(logging.WARNING, logger="llmgateway.resilience"):
+        # F S F S ... never two failures in a row; after 9 calls 5/9 failed, under min_calls.
+        for call in range(9):
+            assert breaker.allow()
+            if call % 2 == 0:
+                breaker.record_failure(FailureClass.TRANSIENT)
+            else:
+                breaker.record_success()
+        assert breaker.allow()
+        assert breaker.state is BreakerState.CLOSED
+        breaker.record_success()  # the 10th verdict: 5/10 failed
+    assert not breaker.allow()
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_after() == 10
+    [record] = _opened_logs(caplog)
+    assert record.levelno == logging.WARNING
+    assert record.__dict__["rule"] == "failure_ratio"
+    assert record.__dict__["failure_ratio"] == 0.5
+    assert record.__dict__["calls"] == 10
+
+
+def test_failure_ratio_under_the_threshold_stays_closed() -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock)
+    for call in range(100):  # one failure in three: 33% < 50%
+        if call % 3 == 0:
+            breaker.record_failure(FailureClass.TIMEOUT)
+        else:
+            breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_failure_ratio_needs_min_calls_even_at_100_percent() -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock)
+    for _ in range(9):
+        breaker.record_failure(FailureClass.TRANSIENT)
+    assert breaker.allow()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure(FailureClass.TRANSIENT)
+    assert not breaker.allow()
+
+
+def test_failures_older_than_the_window_no_longer_count() -> None:
+    clock = FakeClock(start=1000.0)
+    breaker = _ratio_breaker(clock, window_s=10)  # ten buckets of 1 s
+    for _ in range(5):
+        breaker.record_failure(FailureClass.TRANSIENT)
+    clock.advance(5)
+    for _ in range(4):
+        breaker.record_failure(FailureClass.TRANSIENT)
+    clock.advance(5)  # the first five are 10 s old now and leave; the four are 5 s old
+    breaker.record_failure(FailureClass.TRANSIENT)
+    assert breaker.allow()  # 5 calls in the window
+    for _ in range(4):
+        breaker.record_failure(FailureClass.TRANSIENT)
+    assert breaker.allow()  # 9 calls
+    breaker.record_failure(FailureClass.TRANSIENT)  # the four from 5 s ago still count
+    assert not breaker.allow()
+
+    # A failure 9 s old is still in the window; after a long quiet gap none are.
+    recent = _ratio_breaker(clock, window_s=10)
+    for _ in range(9):
+        recent.record_failure(FailureClass.TRANSIENT)
+    clock.advance(9)
+    recent.record_failure(FailureClass.TRANSIENT)
+    assert not recent.allow()
+    quiet = _ratio_breaker(clock, window_s=10)
+    for _ in range(9):
+        quiet.record_failure(FailureClass.TRANSIENT)
+    clock.advance(1000)
+    quiet.record_failure(FailureClass.TRANSIENT)
+    assert quiet.allow()
+
+
+def test_request_faults_and_cancellations_do_not_count_toward_the_ratio() -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock)
+    for _ in range(5):
+        breaker.record_success()
+    for _ in range(10):
+        breaker.record_failure(FailureClass.BAD_REQUEST)
+        breaker.record_failure(FailureClass.CONTEXT_TOO_LONG)
+        breaker.record_failure(FailureClass.CONTENT_POLICY)
+        assert breaker.allow()
+        breaker.release()
+    assert breaker.state is BreakerState.CLOSED
+    for _ in range(4):
+        breaker.record_failure(FailureClass.CREDENTIAL)
+        breaker.record_failure(FailureClass.BAD_REQUEST)  # resets nothing, counts nothing
+    assert breaker.allow()  # 9 calls counted: 5 successes, 4 target failures
+    breaker.record_failure(FailureClass.RATE_LIMITED)  # 10 calls, 5 failed
+    assert not breaker.allow()
+
+
+def test_closing_after_a_ratio_open_clears_the_window(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock, window_s=30, cooldown_s=10)
+    for _ in range(5):
+        breaker.record_failure(FailureClass.TRANSIENT)
+        breaker.record_success()
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(10)  # cooldown over, the old verdicts are still inside the 30 s window
+    assert breaker.allow()  # the half-open trial
+    assert not breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmgateway.resilience"):
+        breaker.record_failure(FailureClass.TRANSIENT)
+    assert breaker.allow()
+    assert breaker.state is BreakerState.CLOSED
+    assert not _opened_logs(caplog)
+
+
+def test_failed_trial_after_a_ratio_open_reopens(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    breaker = _ratio_breaker(clock, cooldown_s=10)
+    for _ in range(10):
+        breaker.record_failure(FailureClass.TIMEOUT)
+    clock.advance(10)
+    assert breaker.allow()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmgateway.resilience"):
+        breaker.record_failure(FailureClass.TIMEOUT)
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_after() == 10
+    [record] = _opened_logs(caplog)
+    assert record.__dict__["rule"] == "half_open_trial"
+
+
+def test_consecutive_rule_is_named_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2), FakeClock(), "t1")
+    with caplog.at_level(logging.WARNING, logger="llmgateway.resilience"):
+        breaker.record_failure(FailureClass.TRANSIENT)
+        breaker.record_failure(FailureClass.TRANSIENT)
+    [record] = _opened_logs(caplog)
+    assert record.__dict__["rule"] == "consecutive_failures"
+    assert record.__dict__["consecutive_failures"] == 2
+    assert "failure_ratio" not in record.__dict__
+
+
+def test_without_failure_ratio_only_consecutive_failures_open() -> None:
+    config = CircuitBreakerConfig(failure_threshold=2, cooldown_s=10)
+    assert config.failure_ratio is None
+    breaker = CircuitBreaker(config, FakeClock())
+    for _ in range(100):  # 50% failures, never two in a row
+        breaker.record_failure(FailureClass.TRANSIENT)
+        breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    breaker.record_failure(FailureClass.TRANSIENT)
+    breaker.record_failure(FailureClass.TRANSIENT)
+    assert breaker.state is BreakerState.OPEN
