@@ -34,6 +34,31 @@ def _map_error(exc: BaseException) -> httpx.TransportError:
     return httpx.ReadError(str(exc) or type(exc).__name__)
 
 
+class _Chunks:
+    """The body's chunks as they arrive, aiohttp's errors mapped to httpx's.
+
+    An iterator object, not an async generator: a generator left unfinished (a reader
+    that stops at ``[DONE]``) is finalized by the event loop in a task of its own.
+    """
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _map_error(exc) from exc
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+
 class ResponseStream(httpx.AsyncByteStream):
     """The body of one aiohttp response, as httpx reads it."""
 
@@ -47,12 +72,8 @@ class ResponseStream(httpx.AsyncByteStream):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _map_error(exc) from exc
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _map_error(exc) from exc
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Chunks(self._response.content)
 
     async def aclose(self) -> None:
         # A body read to the end hands the connection back to the pool; a body left

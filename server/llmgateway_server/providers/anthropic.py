@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -150,14 +151,17 @@ class AnthropicProvider:
         model = call.upstream_model
         stopped = False
         try:
-            async with self._client.post(
-                self._url,
-                headers=self._headers,
-                body=json.dumps(self._body(call, stream=True)).encode(),
-                timeout_s=call.timeout_s,
-            ) as response:
+            async with (
+                self._client.post(
+                    self._url,
+                    headers=self._headers,
+                    body=json.dumps(self._body(call, stream=True)).encode(),
+                    timeout_s=call.timeout_s,
+                ) as response,
+                aclosing(iter_sse(body_stream(response))) as events,
+            ):
                 await raise_for_status(response, provider=self.name)
-                async for event, data in iter_sse(body_stream(response)):
+                async for event, data in events:
                     if event == "content_block_delta":
                         delta = json.loads(data)["delta"]
                         if delta.get("type") == "text_delta" and delta.get("text"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
@@ -130,14 +131,17 @@ class OpenAIProvider:
         usage: Usage | None = None
         model = call.upstream_model
         try:
-            async with self._client.post(
-                self._url,
-                headers=self._headers,
-                body=json.dumps(self._body(call, stream=True)).encode(),
-                timeout_s=call.timeout_s,
-            ) as response:
+            async with (
+                self._client.post(
+                    self._url,
+                    headers=self._headers,
+                    body=json.dumps(self._body(call, stream=True)).encode(),
+                    timeout_s=call.timeout_s,
+                ) as response,
+                aclosing(iter_sse(body_stream(response))) as events,
+            ):
                 await raise_for_status(response, provider=self.name)
-                async for _event, data in iter_sse(body_stream(response)):
+                async for _event, data in events:
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)

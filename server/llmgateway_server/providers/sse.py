@@ -5,7 +5,7 @@ Works on raw byte chunks rather than decoded lines: this is the hot path of stre
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 
 _MAX_EVENT_BYTES = 1024 * 1024
 
@@ -14,7 +14,7 @@ class SSEDecodeError(ValueError):
     """The byte stream is not valid server-sent events."""
 
 
-async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[str, str]]:
+async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[tuple[str, str], None]:
     """Yield ``(event, data)`` for each event; ``event`` is "message" when unnamed.
 
     Multi-line ``data`` fields are joined with newlines, comments are skipped, and CRLF
