@@ -23,7 +23,7 @@ class Variant:
     """One gateway build under test."""
 
     transport: Transport = "aiohttp"
-    loop: Loop = "asyncio"  # the shipped default (server.event_loop)
+    loop: Loop = "uvloop"  # the shipped default (server.event_loop)
     log_level: Literal["info", "warning"] = "warning"
     access_log: bool = False
     tokenizer: Literal["cl100k_base", "estimate"] = "cl100k_base"

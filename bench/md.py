@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-DEFAULT = "gateway-aiohttp-asyncio"  # the shipped defaults (server.http_transport, event_loop)
-LOGGED = "gateway-aiohttp-asyncio+logs"
+DEFAULT = "gateway-aiohttp-uvloop"  # the shipped defaults (server.http_transport, event_loop)
+LOGGED = "gateway-aiohttp-uvloop+logs"
 MB = 1_000_000
 CONTEXT_COUNTER = "cl100k_base"  # the benchmark routes count with tiktoken (exact)
 

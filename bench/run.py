@@ -42,8 +42,8 @@ DEFAULT = Variant()
 VARIANTS = (
     DEFAULT,
     Variant(transport="httpx"),
-    Variant(loop="uvloop"),
-    Variant(transport="httpx", loop="uvloop"),
+    Variant(loop="asyncio"),
+    Variant(transport="httpx", loop="asyncio"),
     Variant(log_level="info", access_log=True),
 )
 # Memory only: prompts estimated, so tiktoken's cl100k_base tables are never loaded.

@@ -284,9 +284,9 @@ class ServerConfig(_Strict):
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
-    # uvloop relays streams with less CPU but measured slower on unary calls; the
-    # default asyncio loop passes both throughput targets (bench/RESULTS.md).
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # uvloop: less CPU per unary call and per relayed stream, and lower added latency,
+    # than the default asyncio loop in the same benchmark run (bench/RESULTS.md).
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 
