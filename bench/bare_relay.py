@@ -3,7 +3,8 @@
 One shared ``aiohttp.ClientSession``; the handler turns the request into the same Chat
 Completions body the gateway sends, posts it, and builds the same response messages
 (text, finish reason, usage). No auth, validation, counting, pricing, retries or logging,
-so the floor does not move with the gateway's own choices (always asyncio + aiohttp).
+so the floor does not move with the gateway's own choices (always asyncio, aiohttp and
+the standard library's ``json``).
 
     python bench/bare_relay.py --listen 127.0.0.1:0 --route u0=http://127.0.0.1:PORT/v1
 

@@ -1,14 +1,15 @@
 """The one request every path sends, and the keys: the same bytes direct, relayed or gatewayed.
 
 The gateway sends the upstream ``{"model", "messages", "max_tokens"}`` (plus ``stream`` and
-``stream_options`` for streams); the bare relay and the direct client send exactly that.
+``stream_options`` for streams); the direct client sends exactly those bytes, the bare relay
+the same document serialised by the standard library's ``json``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from llmgateway.v1 import gateway_pb2 as pb
 
 UPSTREAM_MODEL = "gpt-4"  # counted with tiktoken cl100k_base by the gateway (exact)
@@ -48,8 +49,8 @@ def openai_body(*, stream: bool) -> dict[str, Any]:
 
 
 def openai_body_bytes(*, stream: bool) -> bytes:
-    """``openai_body`` serialised as the gateway serialises it (``json.dumps``)."""
-    return json.dumps(openai_body(stream=stream)).encode()
+    """``openai_body`` serialised as the gateway serialises it (``orjson.dumps``)."""
+    return orjson.dumps(openai_body(stream=stream))
 
 
 def upstream_headers() -> dict[str, str]:

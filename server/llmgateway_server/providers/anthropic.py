@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import httpx
+import orjson
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
@@ -51,7 +51,7 @@ _ERROR_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
-_MALFORMED = (SSEDecodeError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError)
+_MALFORMED = (SSEDecodeError, UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError)
 
 
 def _usage(raw: dict[str, Any], output_tokens: int | None = None) -> Usage:
@@ -155,7 +155,7 @@ class AnthropicProvider:
                 self._client.post(
                     self._url,
                     headers=self._headers,
-                    body=json.dumps(self._body(call, stream=True)).encode(),
+                    body=orjson.dumps(self._body(call, stream=True)),
                     timeout_s=call.timeout_s,
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,
@@ -163,16 +163,16 @@ class AnthropicProvider:
                 await raise_for_status(response, provider=self.name)
                 async for event, data in events:
                     if event == "content_block_delta":
-                        delta = json.loads(data)["delta"]
+                        delta = orjson.loads(data)["delta"]
                         if delta.get("type") == "text_delta" and delta.get("text"):
                             parts.append(delta["text"])
                             yield TextDelta(delta["text"])
                     elif event == "message_start":
-                        message = json.loads(data)["message"]
+                        message = orjson.loads(data)["message"]
                         start_usage = message.get("usage") or {}
                         model = message.get("model") or model
                     elif event == "message_delta":
-                        payload = json.loads(data)
+                        payload = orjson.loads(data)
                         reason = (payload.get("delta") or {}).get("stop_reason")
                         if reason:
                             finish = _FINISH.get(reason, FinishReason.OTHER)
@@ -182,7 +182,7 @@ class AnthropicProvider:
                         stopped = True
                         break
                     elif event == "error":
-                        err = json.loads(data).get("error") or {}
+                        err = orjson.loads(data).get("error") or {}
                         kind = str(err.get("type") or "")
                         failure = classify_status(_ERROR_STATUS.get(kind, 500), code=kind)
                         raise ProviderError(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.http import UpstreamClient, read_body
@@ -136,7 +136,7 @@ async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
     raw = await response.aread()
     code, message = "", ""
     try:
-        err = json.loads(raw).get("error") or {}
+        err = orjson.loads(raw).get("error") or {}
         if isinstance(err, dict):
             code = str(err.get("code") or err.get("type") or "")
             message = str(err.get("message") or "")
@@ -168,10 +168,10 @@ async def post_json(
     """POST a JSON body and return the parsed JSON answer, or raise a ProviderError."""
     try:
         async with client.post(
-            url, headers=headers, body=json.dumps(body).encode(), timeout_s=timeout_s
+            url, headers=headers, body=orjson.dumps(body), timeout_s=timeout_s
         ) as response:
             await raise_for_status(response, provider=provider)
-            return json.loads(await read_body(response))
+            return orjson.loads(await read_body(response))
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from None
     except ValueError as exc:  # a 200 whose body is not JSON

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
 import httpx
+import orjson
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
@@ -38,7 +38,7 @@ _FINISH = {
     "tool_calls": FinishReason.OTHER,
     "function_call": FinishReason.OTHER,
 }
-_MALFORMED = (SSEDecodeError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError)
+_MALFORMED = (SSEDecodeError, UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError)
 
 
 def _usage(raw: Any) -> Usage | None:
@@ -135,7 +135,7 @@ class OpenAIProvider:
                 self._client.post(
                     self._url,
                     headers=self._headers,
-                    body=json.dumps(self._body(call, stream=True)).encode(),
+                    body=orjson.dumps(self._body(call, stream=True)),
                     timeout_s=call.timeout_s,
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,
@@ -144,7 +144,7 @@ class OpenAIProvider:
                 async for _event, data in events:
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
+                    chunk = orjson.loads(data)
                     if chunk.get("error"):
                         err = chunk["error"]
                         raise ProviderError(
