@@ -13,6 +13,7 @@ from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
     JSON_HEADERS,
     classify_status,
+    encode_json,
     malformed,
     post_json,
     raise_for_status,
@@ -155,7 +156,7 @@ class AnthropicProvider:
                 self._client.post(
                     self._url,
                     headers=self._headers,
-                    body=orjson.dumps(self._body(call, stream=True)),
+                    body=encode_json(self._body(call, stream=True)),
                     timeout_s=call.timeout_s,
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,

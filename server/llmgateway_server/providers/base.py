@@ -156,6 +156,16 @@ def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     )
 
 
+def encode_json(body: dict[str, Any]) -> bytes:
+    """A request body as JSON bytes.
+
+    Copied out of orjson's result, which keeps its 4 KiB working buffer: the body stays
+    referenced for as long as its request is open, so every open stream would hold 4 KiB
+    (4 MB per 1,000 streams) for a few hundred bytes of JSON.
+    """
+    return bytes(memoryview(orjson.dumps(body)))
+
+
 async def post_json(
     client: UpstreamClient,
     url: httpx.URL,
@@ -168,7 +178,7 @@ async def post_json(
     """POST a JSON body and return the parsed JSON answer, or raise a ProviderError."""
     try:
         async with client.post(
-            url, headers=headers, body=orjson.dumps(body), timeout_s=timeout_s
+            url, headers=headers, body=encode_json(body), timeout_s=timeout_s
         ) as response:
             await raise_for_status(response, provider=provider)
             return orjson.loads(await read_body(response))

@@ -12,6 +12,7 @@ import orjson
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
     JSON_HEADERS,
+    encode_json,
     malformed,
     post_json,
     raise_for_status,
@@ -135,7 +136,7 @@ class OpenAIProvider:
                 self._client.post(
                     self._url,
                     headers=self._headers,
-                    body=orjson.dumps(self._body(call, stream=True)),
+                    body=encode_json(self._body(call, stream=True)),
                     timeout_s=call.timeout_s,
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,
