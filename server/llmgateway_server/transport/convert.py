@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import Iterable
 
-from google.protobuf.duration_pb2 import Duration
 from llmgateway.v1 import gateway_pb2 as pb
 
 from llmgateway_server.errors import FieldViolation, InvalidRequest
@@ -169,42 +168,35 @@ def to_count_messages(msg: pb.CountTokensRequest) -> tuple[ChatMessage, ...]:
     return messages
 
 
-def _duration(seconds: float) -> Duration:
-    whole = int(seconds)
-    return Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-
-
-def completion_to_proto(c: Completion) -> pb.Completion:
-    """Domain Completion -> proto."""
-    return pb.Completion(
-        content=c.content,
-        finish_reason=_FINISH[c.finish_reason],
-        usage=pb.Usage(
-            input_token_count=c.usage.input_tokens,
-            output_token_count=c.usage.output_tokens,
-            cached_input_token_count=c.usage.cached_input_tokens,
-        ),
-        cost=pb.Cost(
-            total_nano_usd=c.cost.total_nano_usd,
-            input_nano_usd=c.cost.input_nano_usd,
-            output_nano_usd=c.cost.output_nano_usd,
-            price_version=c.cost.price_version,
-        ),
-        provider=c.provider,
-        upstream_model=c.upstream_model,
-        attempts=[
-            pb.Attempt(
-                provider=a.provider,
-                upstream_model=a.upstream_model,
-                outcome=_OUTCOME[a.outcome],
-                latency=_duration(a.latency_s),
-                detail=a.detail,
-            )
-            for a in c.attempts
-        ],
-        request_id=c.request_id,
-        trimmed_message_count=c.trimmed_message_count,
-    )
+def fill_completion(out: pb.Completion, c: Completion) -> None:
+    """Domain Completion -> proto, written into ``out`` (a field of the response being
+    built), setting nested fields in place: a nested message passed to a constructor is
+    copied, and this runs once per call."""
+    out.content = c.content
+    out.finish_reason = _FINISH[c.finish_reason]
+    out.provider = c.provider
+    out.upstream_model = c.upstream_model
+    out.request_id = c.request_id
+    out.trimmed_message_count = c.trimmed_message_count
+    usage = out.usage
+    usage.input_token_count = c.usage.input_tokens
+    usage.output_token_count = c.usage.output_tokens
+    usage.cached_input_token_count = c.usage.cached_input_tokens
+    cost = out.cost
+    cost.total_nano_usd = c.cost.total_nano_usd
+    cost.input_nano_usd = c.cost.input_nano_usd
+    cost.output_nano_usd = c.cost.output_nano_usd
+    cost.price_version = c.cost.price_version
+    for a in c.attempts:
+        attempt = out.attempts.add(
+            provider=a.provider,
+            upstream_model=a.upstream_model,
+            outcome=_OUTCOME[a.outcome],
+            detail=a.detail,
+        )
+        whole = int(a.latency_s)
+        attempt.latency.seconds = whole
+        attempt.latency.nanos = int((a.latency_s - whole) * 1e9)
 
 
 def token_count_to_proto(count: TokenCount) -> pb.CountTokensResponse:

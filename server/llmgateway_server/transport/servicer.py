@@ -15,7 +15,7 @@ from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.transport.context import current_tenant
 from llmgateway_server.transport.convert import (
     CompletionProto,
-    completion_to_proto,
+    fill_completion,
     model_to_proto,
     to_count_messages,
     to_request,
@@ -70,7 +70,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
             await self._gateway.drive(state, keep)
             (completion,) = completions  # the pipeline ends every call with one Completion
-            return pb.CompleteResponse(completion=completion_to_proto(completion))
+            response = pb.CompleteResponse()
+            fill_completion(response.completion, completion)
+            return response
         except GatewayError as exc:
             await context.abort_with_status(to_status(exc))
         except Exception:  # a bug: INTERNAL for the caller, the traceback for the logs
@@ -91,7 +93,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 if isinstance(item, TextDelta):
                     await context.write(pb.StreamCompleteResponse(delta=pb.Delta(text=item.text)))
                 else:
-                    await context.write(pb.StreamCompleteResponse(result=completion_to_proto(item)))
+                    last = pb.StreamCompleteResponse()
+                    fill_completion(last.result, item)
+                    await context.write(last)
 
             await self._gateway.drive(state, send)
         except GatewayError as exc:
