@@ -262,8 +262,9 @@ class Router:
             if isinstance(item, UpstreamResult):
                 return
             # A timer per chunk would cost more than relaying the chunk. The whole call
-            # runs under the caller's deadline (Gateway.drive), the transport's read
-            # timeout cuts a stalled upstream, and the route's cap is checked per chunk.
+            # runs under the caller's deadline (Gateway.drive), the exchange's own timeout
+            # (the attempt's budget) cuts a stalled upstream, and the route's cap is
+            # checked per chunk.
             async for item in stream:
                 if clock.now() > attempt_deadline:
                     raise self._timeout(state, target, attempt_deadline)

@@ -41,7 +41,9 @@ class ContextWindowPolicy:
             budget = target.context_window - state.max_tokens - REPLY_PRIMING_TOKENS
             if upper_bound <= budget:
                 # Fits for certain: no trimming, and no counting until something needs it.
-                state.prompts[target.id] = Prompt(messages, counts=counts)
+                state.prompts[target.id] = Prompt(
+                    messages, counts=counts, token_bound=upper_bound + REPLY_PRIMING_TOKENS
+                )
             elif policy is ContextPolicy.TRIM:
                 trimmed = trim_to_fit(messages, counts, budget)
                 if trimmed is not None:

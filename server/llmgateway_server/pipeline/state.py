@@ -37,16 +37,17 @@ class Prompt:
         *,
         input_tokens: int | None = None,
         counts: MessageTokens | None = None,
+        token_bound: int | None = None,
         trimmed: int = 0,
     ) -> None:
-        """Either the exact ``input_tokens`` (reply priming included), or the per-message
-        ``counts`` to take them from when asked."""
-        if input_tokens is None:
-            if counts is None:
-                raise ValueError("a Prompt needs its token count or the counts to take it from")
-            self.token_bound = token_upper_bound(messages) + REPLY_PRIMING_TOKENS
-        else:
+        """Either the exact ``input_tokens``, or the per-message ``counts`` to take them
+        from when asked and a ``token_bound`` not below them (reply priming included)."""
+        if input_tokens is not None:
             self.token_bound = input_tokens
+        elif counts is not None and token_bound is not None:
+            self.token_bound = token_bound
+        else:
+            raise ValueError("a Prompt needs its token count, or the counts and a bound")
         self.messages = messages
         self.trimmed = trimmed
         self._input_tokens = input_tokens
@@ -103,6 +104,10 @@ class CallState:
         prompt = self.prompts.get(target.id)
         if prompt is None and not self.planned:
             messages = self.request.messages
-            prompt = Prompt(messages, counts=MessageTokens(target.counter, messages))
+            prompt = Prompt(
+                messages,
+                counts=MessageTokens(target.counter, messages),
+                token_bound=token_upper_bound(messages) + REPLY_PRIMING_TOKENS,
+            )
             self.prompts[target.id] = prompt
         return prompt

@@ -1,6 +1,6 @@
 """An httpx transport over one aiohttp ClientSession: httpx's API, aiohttp's speed.
 
-The providers speak httpx (``httpx.Request`` in, ``httpx.Response`` out); underneath, this
+The providers get httpx's types (``httpx.Response``, httpx's errors); underneath, this
 transport costs about a third of the CPU per request of httpx's default one (measured in
 bench/RESULTS.md). It is leaner than the ``httpx-aiohttp`` package it replaced: one read
 layer instead of three, connection failures mapped to the right httpx errors (a reset is
