@@ -14,7 +14,7 @@ from typing import Any, Literal
 import workload
 import yaml
 
-Transport = Literal["aiohttp", "httpx"]
+Transport = Literal["h1", "aiohttp", "httpx"]
 Loop = Literal["asyncio", "uvloop"]
 
 
@@ -22,7 +22,7 @@ Loop = Literal["asyncio", "uvloop"]
 class Variant:
     """One gateway build under test."""
 
-    transport: Transport = "aiohttp"
+    transport: Transport = "h1"  # the shipped default (server.http_transport)
     loop: Loop = "uvloop"  # the shipped default (server.event_loop)
     log_level: Literal["info", "warning"] = "warning"
     access_log: bool = False

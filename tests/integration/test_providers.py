@@ -160,8 +160,8 @@ async def test_length_finish_reason_is_reported(upstream: FakeUpstream) -> None:
     assert reply.completion.usage.output_token_count == 3
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_both_http_transports_relay_streams_and_close_on_cancel(
+@pytest.mark.parametrize("transport", ["h1", "aiohttp", "httpx"])
+async def test_every_http_transport_relays_streams_and_closes_on_cancel(
     upstream: FakeUpstream, transport: str
 ) -> None:
     text = providers_config(upstream.base_url).replace(

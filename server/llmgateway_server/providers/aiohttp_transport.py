@@ -128,7 +128,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def send(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
         *,
         headers: Sequence[tuple[str, str]],
         body: bytes,
@@ -145,7 +145,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """
         return await self._send(
             method,
-            url,
+            str(url),
             headers=headers,
             body=body,
             timeouts=aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s),

@@ -1,20 +1,43 @@
 """The shared HTTP client of each provider: one keep-alive pool, limits set.
 
 httpx is the API; the transport underneath is a measured choice (``server.http_transport``):
-aiohttp's costs far less CPU per request than httpx's default (see bench/RESULTS.md).
+the gateway's own HTTP/1.1 client (``h1``) costs far less CPU per request than aiohttp's,
+and aiohttp's far less than httpx's default (see bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 
 from llmgateway_server.providers.aiohttp_transport import AiohttpTransport, ResponseStream
+from llmgateway_server.providers.h1_transport import H1Transport
 
-HttpTransportName = Literal["aiohttp", "httpx"]
+HttpTransportName = Literal["h1", "aiohttp", "httpx"]
+
+
+class DirectTransport(Protocol):
+    """A transport that takes a request's parts without an ``httpx.Request``."""
+
+    async def send(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        connect_timeout_s: float,
+        total_timeout_s: float,
+    ) -> httpx.Response:
+        """Send one request; ``total_timeout_s`` bounds the whole exchange."""
+        ...
+
+
+class _BodyReader(Protocol):
+    async def read(self) -> bytes: ...
 
 
 class UpstreamClient:
@@ -24,13 +47,15 @@ class UpstreamClient:
     ``httpx.AsyncClient``: the client's per-request machinery (cookie jar, redirect and
     auth flows, URL merging) cost about a third of the gateway's CPU per call and
     nothing here needs it. Any httpx transport fits, ``httpx.MockTransport`` included;
-    the aiohttp transport is handed the request's parts directly, without an
-    ``httpx.Request`` it would only take apart again.
+    the gateway's own transports are handed the request's parts directly, without an
+    ``httpx.Request`` they would only take apart again.
     """
 
     def __init__(self, transport: httpx.AsyncBaseTransport, *, connect_timeout_s: float) -> None:
         self._transport = transport
-        self._direct = transport if isinstance(transport, AiohttpTransport) else None
+        self._direct: DirectTransport | None = (
+            transport if isinstance(transport, H1Transport | AiohttpTransport) else None
+        )
         self._connect_timeout_s = connect_timeout_s
 
     def post(
@@ -49,7 +74,7 @@ class UpstreamClient:
         if self._direct is not None:
             return await self._direct.send(
                 "POST",
-                str(url),
+                url,
                 headers=headers,
                 body=body,
                 connect_timeout_s=connect_s,
@@ -126,10 +151,11 @@ def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
 
 
 async def read_body(response: httpx.Response) -> bytes:
-    """The whole body (in one read when the aiohttp transport carries it)."""
-    stream = response.stream
-    if isinstance(stream, ResponseStream):
-        return await stream.read()
+    """The whole body (in one read when one of the gateway's transports carries it)."""
+    stream: object = response.stream
+    if isinstance(stream, ResponseStream | H1Transport.Body):
+        reader: _BodyReader = stream
+        return await reader.read()
     return b"".join([chunk async for chunk in body_stream(response)])
 
 
@@ -148,7 +174,9 @@ def build_upstream_client(
         keepalive_expiry=keepalive_expiry_s,
     )
     chosen: httpx.AsyncBaseTransport
-    if transport == "aiohttp":
+    if transport == "h1":
+        chosen = H1Transport(limits=limits)
+    elif transport == "aiohttp":
         chosen = AiohttpTransport(limits=limits)
     else:
         chosen = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
