@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-DEFAULT = "gateway-aiohttp-uvloop"  # the shipped defaults (server.http_transport, event_loop)
-LOGGED = "gateway-aiohttp-uvloop+logs"
+from gateway_config import Variant
+
+DEFAULT = Variant().name  # the shipped defaults (server.http_transport, event_loop)
+LOGGED = Variant(log_level="info", access_log=True).name
 MB = 1_000_000
 CONTEXT_COUNTER = "cl100k_base"  # the benchmark routes count with tiktoken (exact)
 

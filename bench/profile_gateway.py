@@ -23,7 +23,7 @@ from run import STREAM_CHUNK_DELAY_MS, load
 from servers import BENCH, LOGS, OUT, REPO, Children, start_gateway, start_upstream
 
 TOP = 40
-FOCUS = ("llmgateway_server", "httpx", "aiohttp", "grpc", "json")
+FOCUS = ("llmgateway_server", "httpx", "httptools", "aiohttp", "grpc", "json")
 
 
 def summary(prof: Path, calls: int) -> str:

@@ -72,8 +72,9 @@ def render(results: dict[str, Any]) -> str:
         "(the first right after the headers), usage in the last SSE event. TTFT = first "
         "message carrying text, at the client. Relay cost per chunk = server CPU per stream "
         "/ chunks; the gateway's own share = (gateway − bare relay) CPU per stream / chunks "
-        "(negative: cheaper than the relay, which always runs on asyncio; at 1 in flight "
-        "each chunk wakes the server up on its own, and uvloop's wake-ups cost less).",
+        "(negative: cheaper than the relay, which always runs on asyncio and aiohttp; at 1 "
+        "in flight each chunk wakes the server up on its own, and uvloop's wake-ups and the "
+        "h1 transport's reads cost less).",
         "",
     ]
     lines += table(
@@ -96,9 +97,10 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "## HTTP transport × event loop (the gateway, every policy on)",
         "",
-        "httpx's API in every case; underneath, httpx's default transport (httpcore) or "
-        "the gateway's own aiohttp transport (`providers/aiohttp_transport.py`); the "
-        "default asyncio loop or uvloop "
+        "httpx's API in every case; underneath, the gateway's own HTTP/1.1 client "
+        "(`h1`: `providers/h1_transport.py`, asyncio protocols and httptools' llhttp "
+        "parser), its aiohttp transport (`providers/aiohttp_transport.py`) or httpx's "
+        "default transport (httpcore); the default asyncio loop or uvloop "
         "(`server.http_transport`, `server.event_loop`). Ratios are to the bare relay in "
         "the same run.",
         "",

@@ -41,8 +41,10 @@ from servers import (
 DEFAULT = Variant()
 VARIANTS = (
     DEFAULT,
-    Variant(transport="httpx"),
     Variant(loop="asyncio"),
+    Variant(transport="aiohttp"),
+    Variant(transport="aiohttp", loop="asyncio"),
+    Variant(transport="httpx"),
     Variant(transport="httpx", loop="asyncio"),
     Variant(log_level="info", access_log=True),
 )

@@ -185,15 +185,17 @@ def headroom(points: Points) -> str:
         return ""
     needed = 1000 / (0.8 * relay_rate)
     relay_busy = float(relay["cpu_util"].get("server") or 0.0)
-    bound = (
-        "is bounded by the upstream's latency (64 calls / ~55 ms)"
-        if relay_busy < 0.9
-        else "is close to saturating its event-loop thread as well"
-    )
+    gateway_busy = float(gateway["cpu_util"].get("server") or 0.0)
+
+    def bound(busy: float) -> str:
+        if busy < 0.9:
+            return "is bounded by the upstream's latency (64 calls / ~55 ms)"
+        return "is close to saturating its event-loop thread"
+
     return (
-        f"Unary throughput target: with a 50 ms upstream the bare relay {bound} "
-        f"({fmt(relay_busy)} cores busy), while the gateway saturates its event-loop thread "
-        f"({fmt(gateway['cpu_util'].get('server'))} cores). 0.8× the relay's "
+        f"Unary throughput target: with a 50 ms upstream the bare relay {bound(relay_busy)} "
+        f"({fmt(relay_busy)} cores busy), and the gateway {bound(gateway_busy)} "
+        f"({fmt(gateway_busy)} cores). 0.8× the relay's "
         f"{fmt(relay_rate, 0)} req/s needs the gateway at or under {fmt(needed, 3)} ms of CPU "
         f"per call; it used {fmt(gateway_cpu, 3)} ms. "
         "CPU time per call itself grows when the host runs slower (the calibration lines "
