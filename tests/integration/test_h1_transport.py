@@ -17,7 +17,9 @@ import httpx
 import pytest
 import trustme
 from llmgateway_server.providers.h1_transport import H1Transport
-from llmgateway_server.providers.http import read_body
+from llmgateway_server.providers.http import UpstreamClient, read_body
+from llmgateway_server.providers.openai import OpenAIProvider
+from llmgateway_server.types import ChatMessage, Role, TextDelta, UpstreamCall, UpstreamResult
 
 from tests.support.raw_http import Answer, RawConnection, RawRequest, RawServer
 from tests.support.upstream import FakeUpstream, Respond
@@ -115,6 +117,85 @@ async def test_httpx_async_client_runs_on_the_transport(upstream: FakeUpstream) 
         )
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "Echo: x y"
+
+
+# -- a stream read to its [DONE] through the OpenAI adapter ---------------------------------
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def sse_chunk(data: bytes) -> bytes:
+    event = b"data: " + data + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(event), event)
+
+
+SSE_EVENTS = sse_chunk(b'{"choices":[{"delta":{"content":"hi"}}]}') + sse_chunk(
+    b'{"choices":[{"delta":{},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+)
+
+
+def sse_answer(*, end_after_s: float | None) -> Answer:
+    """[DONE], then the chunked body's terminator after ``end_after_s`` (None: never)."""
+
+    async def answer(conn: RawConnection, request: RawRequest) -> bool:
+        await conn.send(SSE_HEAD + SSE_EVENTS + sse_chunk(b"[DONE]"))
+        if end_after_s is None:
+            return True  # the body never ends; the server just waits
+        await asyncio.sleep(end_after_s)
+        await conn.send(b"0\r\n\r\n")
+        return True
+
+    return answer
+
+
+async def stream_once(provider: OpenAIProvider) -> str:
+    call = UpstreamCall(
+        upstream_model="m",
+        messages=[ChatMessage(Role.USER, "x")],
+        max_tokens=5,
+        temperature=None,
+        top_p=None,
+        stop=(),
+        timeout_s=5.0,
+    )
+    text = ""
+    async for item in provider.stream(call):
+        if isinstance(item, TextDelta):
+            text += item.text
+        else:
+            assert isinstance(item, UpstreamResult)
+    return text
+
+
+def openai_at(server: RawServer, transport: H1Transport) -> OpenAIProvider:
+    client = UpstreamClient(transport, connect_timeout_s=2.0)
+    return OpenAIProvider("openai", client, base_url=f"{server.url}/v1", api_key=None)
+
+
+async def test_stream_whose_body_end_is_late_keeps_its_connection(
+    transport: H1Transport,
+) -> None:
+    async with RawServer(sse_answer(end_after_s=0.1)) as server:
+        provider = openai_at(server, transport)
+        assert await stream_once(provider) == "hi"
+        await server.wait_for_requests(1)
+        await asyncio.sleep(0.3)  # the terminator arrives while the connection lingers
+        assert await stream_once(provider) == "hi"
+        assert len(server.connections) == 1
+
+
+async def test_stream_whose_body_never_ends_loses_its_connection_after_the_grace(
+    transport: H1Transport,
+) -> None:
+    async with RawServer(sse_answer(end_after_s=None)) as server:
+        provider = openai_at(server, transport)
+        assert await stream_once(provider) == "hi"  # the caller is not kept waiting
+        await asyncio.wait_for(server.connections[0].closed.wait(), 3.0)
+        assert await stream_once(provider) == "hi"
+        assert len(server.connections) == 2
 
 
 # -- the request on the wire -----------------------------------------------------------------
@@ -294,6 +375,18 @@ async def test_refused_connection_is_a_connect_error(transport: H1Transport) -> 
         port = sock.getsockname()[1]
     with pytest.raises(httpx.ConnectError):
         await post(transport, f"http://127.0.0.1:{port}/")
+
+
+async def test_body_read_whole_is_capped_at_64_mib(transport: H1Transport) -> None:
+    async def huge(conn: RawConnection, request: RawRequest) -> bool:
+        await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (128 << 20))
+        await conn.send(b"x" * (65 << 20))  # and then nothing: the body is half sent
+        return True
+
+    async with RawServer(huge) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="64 MiB"):
+            await post(transport, server.url, timeout_s=30)
+        await asyncio.wait_for(server.connections[0].closed.wait(), 2.0)
 
 
 # -- timeouts and cancellation ---------------------------------------------------------------

@@ -16,7 +16,11 @@ an LLM provider needs, and does it strictly:
   reading the body to its end), not one per read.
 - A response closed before its body ended (the caller went away) aborts its
   connection at once, so the upstream sees the request cancelled.
-- Reading pauses when an unread body holds more than 256 KiB.
+- Reading pauses when an unread body holds more than 256 KiB; a body read whole may be
+  at most 64 MiB.
+- A reader that leaves cleanly before the body's end (an SSE stream read to its
+  ``[DONE]``) can ``linger``: the connection is kept if the last bytes follow within a
+  grace period, instead of paying a new connection (and TLS handshake) next time.
 - Failures are httpx's errors: ``ConnectError``/``ConnectTimeout``, ``PoolTimeout``,
   ``ReadTimeout``, ``ReadError`` (a reset), ``RemoteProtocolError`` (a malformed
   response or one cut short), ``LocalProtocolError`` (a header that would break the
@@ -44,6 +48,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Unread body bytes above which the socket stops being read, and below which it resumes.
 _PAUSE_ABOVE = 256 * 1024
 _RESUME_BELOW = 64 * 1024
+_MAX_READ_BYTES = 64 * 1024 * 1024
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "host"})
 
 
@@ -84,6 +89,7 @@ class _Exchange(httpx.AsyncByteStream):
         "_error",
         "_informational",
         "_keep_alive",
+        "_lingering",
         "_loop",
         "_paused",
         "_timer",
@@ -111,6 +117,7 @@ class _Exchange(httpx.AsyncByteStream):
         self._keep_alive = False
         self._error: httpx.TransportError | None = None
         self._closed = False
+        self._lingering = False
         self._timer = loop.call_at(deadline, self._expire)
 
     # -- httptools callbacks (called from data_received, in the event loop) -------------
@@ -135,6 +142,8 @@ class _Exchange(httpx.AsyncByteStream):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._lingering:
+            return  # the reader has what it wanted; only the body's end matters now
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _PAUSE_ABOVE and not self._paused:
@@ -172,11 +181,15 @@ class _Exchange(httpx.AsyncByteStream):
         self._error = error
         self._timer.cancel()
         self._wake()
+        if self._lingering:
+            self._close()
 
     def _finish(self) -> None:
         self._complete = True
         self._timer.cancel()
         self._wake()
+        if self._lingering:
+            self._close()
 
     def _expire(self) -> None:
         self.fail(httpx.ReadTimeout("the exchange ran past its timeout"))
@@ -222,11 +235,41 @@ class _Exchange(httpx.AsyncByteStream):
             await self._wait()
 
     async def read(self) -> bytes:
-        """The rest of the body, at once."""
-        return b"".join([chunk async for chunk in self])
+        """The rest of the body, at once (at most 64 MiB: no completion is that large)."""
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in self:
+            total += len(chunk)
+            if total > _MAX_READ_BYTES:
+                raise httpx.RemoteProtocolError("the response body is over 64 MiB")
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         """Hand the connection back to the pool, or abort it if the body did not end."""
+        self._close()
+
+    def linger(self, grace_s: float) -> None:
+        """Close for a reader that has all it wants although the body has not ended (an
+        SSE stream read up to ``[DONE]``, its final chunk still on the way): the
+        connection goes back to the pool if the body ends within ``grace_s``, and is
+        aborted otherwise. A reader that gives up (cancelled, failed) uses ``aclose``,
+        which aborts at once."""
+        if self._closed:
+            return
+        if self._complete or self._error is not None:
+            self._close()
+            return
+        self._lingering = True
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._connection.resume_reading()
+        self._timer.cancel()
+        self._timer = self._loop.call_later(grace_s, self._expire)
+
+    def _close(self) -> None:
         if self._closed:
             return
         self._closed = True

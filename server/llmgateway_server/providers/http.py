@@ -17,6 +17,8 @@ from llmgateway_server.providers.aiohttp_transport import AiohttpTransport, Resp
 from llmgateway_server.providers.h1_transport import H1Transport
 
 HttpTransportName = Literal["h1", "aiohttp", "httpx"]
+# How long a connection whose reader left cleanly may wait for its body's last bytes.
+LINGER_S = 1.0
 
 
 class DirectTransport(Protocol):
@@ -137,8 +139,16 @@ class Exchange:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._response is not None:
-            await self._response.aclose()
+        response = self._response
+        if response is None:
+            return
+        stream: object = response.stream
+        if exc_type is None and isinstance(stream, H1Transport.Body):
+            # Left cleanly (a stream read to its [DONE]): keep the connection if the
+            # body's last bytes are merely late, instead of reconnecting next time.
+            stream.linger(LINGER_S)
+        else:
+            await response.aclose()  # gave up mid-body: the upstream sees the close now
 
 
 def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
