@@ -14,7 +14,7 @@ from typing import Any, Literal
 import workload
 import yaml
 
-Transport = Literal["h1", "aiohttp", "httpx"]
+Transport = Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"]
 Loop = Literal["asyncio", "uvloop"]
 
 

@@ -99,8 +99,9 @@ def render(results: dict[str, Any]) -> str:
         "",
         "httpx's API in every case; underneath, the gateway's own HTTP/1.1 client "
         "(`h1`: `providers/h1_transport.py`, asyncio protocols and httptools' llhttp "
-        "parser), its aiohttp transport (`providers/aiohttp_transport.py`) or httpx's "
-        "default transport (httpcore); the default asyncio loop or uvloop "
+        "parser), its aiohttp transport (`providers/aiohttp_transport.py`), the "
+        "`httpx-aiohttp` package's transport, or httpx's default transport (httpcore); "
+        "the default asyncio loop or uvloop "
         "(`server.http_transport`, `server.event_loop`). Ratios are to the bare relay in "
         "the same run.",
         "",

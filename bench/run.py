@@ -46,6 +46,8 @@ VARIANTS = (
     Variant(transport="aiohttp", loop="asyncio"),
     Variant(transport="httpx"),
     Variant(transport="httpx", loop="asyncio"),
+    Variant(transport="httpx-aiohttp"),
+    Variant(transport="httpx-aiohttp", loop="asyncio"),
     Variant(log_level="info", access_log=True),
 )
 # Memory only: prompts estimated, so tiktoken's cl100k_base tables are never loaded.

@@ -284,8 +284,10 @@ class ServerConfig(_Strict):
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
     # h1: the gateway's own HTTP/1.1 client, the least CPU and latency per upstream call
-    # in the benchmark (bench/RESULTS.md); aiohttp and httpx's default stay selectable.
-    http_transport: Literal["h1", "aiohttp", "httpx"] = "h1"
+    # in the benchmark (bench/RESULTS.md); aiohttp (the gateway's httpx transport over
+    # aiohttp), httpx's default and the httpx-aiohttp package (an optional extra) stay
+    # selectable, and measured.
+    http_transport: Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"] = "h1"
     # uvloop: less CPU per unary call and per relayed stream, and lower added latency,
     # than the default asyncio loop in the same benchmark run (bench/RESULTS.md).
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"

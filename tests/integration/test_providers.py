@@ -160,7 +160,7 @@ async def test_length_finish_reason_is_reported(upstream: FakeUpstream) -> None:
     assert reply.completion.usage.output_token_count == 3
 
 
-@pytest.mark.parametrize("transport", ["h1", "aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["h1", "aiohttp", "httpx", "httpx-aiohttp"])
 async def test_every_http_transport_relays_streams_and_closes_on_cancel(
     upstream: FakeUpstream, transport: str
 ) -> None:

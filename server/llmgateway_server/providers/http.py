@@ -13,10 +13,11 @@ from typing import Literal, Protocol
 
 import httpx
 
+from llmgateway_server.errors import ConfigError
 from llmgateway_server.providers.aiohttp_transport import AiohttpTransport, ResponseStream
 from llmgateway_server.providers.h1_transport import H1Transport
 
-HttpTransportName = Literal["h1", "aiohttp", "httpx"]
+HttpTransportName = Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"]
 # How long a connection whose reader left cleanly may wait for its body's last bytes.
 LINGER_S = 1.0
 
@@ -188,6 +189,20 @@ def build_upstream_client(
         chosen = H1Transport(limits=limits)
     elif transport == "aiohttp":
         chosen = AiohttpTransport(limits=limits)
+    elif transport == "httpx-aiohttp":
+        chosen = _httpx_aiohttp_transport(limits)
     else:
         chosen = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
     return UpstreamClient(chosen, connect_timeout_s=connect_timeout_s)
+
+
+def _httpx_aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """The ``httpx-aiohttp`` package's transport: measured in bench/RESULTS.md, optional."""
+    try:
+        from httpx_aiohttp import AiohttpTransport as PackageTransport
+    except ImportError:
+        raise ConfigError(
+            "server.http_transport httpx-aiohttp needs the httpx-aiohttp package: "
+            "pip install 'llmgateway-server[httpx-aiohttp]'"
+        ) from None
+    return PackageTransport(limits=limits, trust_env=False)
