@@ -35,6 +35,26 @@ async def transport() -> AsyncIterator[H1Transport]:
     await t.aclose()
 
 
+async def send(
+    transport: H1Transport,
+    url: str,
+    *,
+    method: str = "POST",
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),),
+    body: bytes = b"{}",
+    timeout_s: float = 5.0,
+) -> httpx.Response:
+    """The response, its body still to read."""
+    return await transport.send(
+        method,
+        httpx.URL(url),
+        headers=headers,
+        body=body,
+        connect_timeout_s=2.0,
+        total_timeout_s=timeout_s,
+    )
+
+
 async def post(
     transport: H1Transport,
     url: str,
@@ -43,14 +63,8 @@ async def post(
     body: bytes = b"{}",
     timeout_s: float = 5.0,
 ) -> tuple[int, httpx.Headers, bytes]:
-    response = await transport.send(
-        "POST",
-        httpx.URL(url),
-        headers=headers,
-        body=body,
-        connect_timeout_s=2.0,
-        total_timeout_s=timeout_s,
-    )
+    """Status, headers and the whole body."""
+    response = await send(transport, url, headers=headers, body=body, timeout_s=timeout_s)
     try:
         return response.status_code, response.headers, await read_body(response)
     finally:
@@ -85,14 +99,7 @@ async def test_json_and_sse_from_the_openai_fake_reuse_one_keep_alive_connection
         assert b'"Echo: a b"' in raw
     upstream.script("gpt-4o-mini", Respond(text="one two three", chunks=3))
     stream_body = body[:-1] + b',"stream":true}'
-    response = await transport.send(
-        "POST",
-        httpx.URL(url),
-        headers=headers,
-        body=stream_body,
-        connect_timeout_s=2.0,
-        total_timeout_s=5.0,
-    )
+    response = await send(transport, url, headers=headers, body=stream_body)
     assert response.headers["content-type"].startswith("text/event-stream")
     received = b"".join([chunk async for chunk in response.stream])
     await response.aclose()
@@ -230,14 +237,7 @@ async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
 
 async def test_head_requests_are_refused(transport: H1Transport) -> None:
     with pytest.raises(httpx.UnsupportedProtocol):
-        await transport.send(
-            "HEAD",
-            httpx.URL("http://127.0.0.1:9/"),
-            headers=(),
-            body=b"",
-            connect_timeout_s=1,
-            total_timeout_s=1,
-        )
+        await send(transport, "http://127.0.0.1:9/", method="HEAD")
 
 
 # -- response framing ------------------------------------------------------------------------
@@ -412,14 +412,7 @@ async def test_stream_that_stalls_after_headers_is_cut_at_the_total_timeout(
         return True
 
     async with RawServer(stall) as server:
-        response = await transport.send(
-            "POST",
-            httpx.URL(server.url),
-            headers=(),
-            body=b"",
-            connect_timeout_s=1,
-            total_timeout_s=0.3,
-        )
+        response = await send(transport, server.url, timeout_s=0.3)
         chunks: list[bytes] = []
 
         async def read_all() -> None:
@@ -443,14 +436,7 @@ async def test_closing_a_response_mid_body_closes_its_connection_at_once(
             await asyncio.sleep(0.01)
 
     async with RawServer(endless) as server:
-        response = await transport.send(
-            "POST",
-            httpx.URL(server.url),
-            headers=(),
-            body=b"",
-            connect_timeout_s=1,
-            total_timeout_s=5,
-        )
+        response = await send(transport, server.url, timeout_s=5)
         async for _ in response.stream:
             break
         await response.aclose()
@@ -517,6 +503,20 @@ async def test_waiting_for_a_connection_past_the_timeout_is_a_pool_timeout() -> 
         await transport.aclose()
 
 
+async def test_connection_idle_past_the_keepalive_expiry_is_not_reused() -> None:
+    transport = H1Transport(limits=httpx.Limits(keepalive_expiry=0.1))
+    try:
+        async with RawServer(answer_with(OK_HI)) as server:
+            await post(transport, server.url)
+            await post(transport, server.url)  # at once: reused
+            await asyncio.sleep(0.25)
+            await post(transport, server.url)  # idle too long: a new connection
+            assert len(server.connections) == 2
+            await asyncio.wait_for(server.connections[0].closed.wait(), 2.0)
+    finally:
+        await transport.aclose()
+
+
 async def test_unread_body_stops_the_socket_being_read(transport: H1Transport) -> None:
     size = 32 * 1024 * 1024
     payload = hashlib.sha256(b"seed").digest() * (size // 32)
@@ -529,14 +529,7 @@ async def test_unread_body_stops_the_socket_being_read(transport: H1Transport) -
         return True
 
     async with RawServer(big) as server:
-        response = await transport.send(
-            "POST",
-            httpx.URL(server.url),
-            headers=(),
-            body=b"",
-            connect_timeout_s=1,
-            total_timeout_s=30,
-        )
+        response = await send(transport, server.url, timeout_s=30)
         await asyncio.sleep(0.5)
         # Not read yet: the client holds at most its buffer, so the server is blocked.
         assert not finished.is_set()

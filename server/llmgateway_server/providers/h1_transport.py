@@ -179,13 +179,15 @@ class _Exchange(httpx.AsyncByteStream):
         if self._complete or self._error is not None:
             return
         self._error = error
-        self._timer.cancel()
-        self._wake()
-        if self._lingering:
-            self._close()
+        self._settle()
 
     def _finish(self) -> None:
         self._complete = True
+        self._settle()
+
+    def _settle(self) -> None:
+        # The body ended, one way or the other: no timer, the reader woken, and a
+        # lingering exchange (nobody reads it any more) closed.
         self._timer.cancel()
         self._wake()
         if self._lingering:
@@ -367,6 +369,7 @@ class _Pool:
         self._count = 0  # connections open or opening
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._all: set[_Connection] = set()
+        self._closed = False
 
     async def acquire(
         self,
@@ -444,7 +447,7 @@ class _Pool:
 
     def release(self, connection: _Connection) -> None:
         """An exchange on ``connection`` ended; keep it for reuse if it is still good."""
-        if connection.closed or self._max_idle == 0:
+        if connection.closed or self._closed or self._max_idle == 0:
             self._discard(connection)
         else:
             if self._idle_count >= self._max_idle:
@@ -492,7 +495,8 @@ class _Pool:
                 return
 
     def close(self) -> None:
-        """Abort every connection, idle or busy."""
+        """Abort every connection, idle or busy; later ones are not kept."""
+        self._closed = True
         for connection in list(self._all):
             connection.abort()
         self._idle.clear()
@@ -534,6 +538,8 @@ class H1Transport(httpx.AsyncBaseTransport):
         """
         if method in ("HEAD", "CONNECT"):
             raise httpx.UnsupportedProtocol(f"{method} is not supported by this transport")
+        if not (method.isascii() and method.isalpha()):
+            raise httpx.LocalProtocolError(f"invalid method {method!r}")
         scheme = url.scheme
         port = url.port or _DEFAULT_PORTS.get(scheme)
         if port is None:
