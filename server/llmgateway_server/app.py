@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from llmgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -125,13 +125,14 @@ def build_components(
     ledger = ledger or LogLedger()
     # Ledger first so its record is written last; the prompt is planned (and trimmed)
     # before the cost guard prices it.
-    policies: list[Policy] = [LedgerPolicy(ledger, clock), ContextWindowPolicy(), CostGuardPolicy()]
+    ledger_policy = LedgerPolicy(ledger, clock)
+    policies: list[Policy] = [ledger_policy, ContextWindowPolicy(), CostGuardPolicy()]
     pipeline = Pipeline(policies, Router(clock), clock)
     gateway = Gateway(
         routes=routes,
         pipeline=pipeline,
         authenticator=authenticator,
-        ledger=ledger,
+        ledger=ledger_policy,
         clock=clock,
         default_deadline_s=config.server.default_deadline_s,
     )
@@ -173,7 +174,7 @@ class GatewayServer:
     def __init__(self, config: GatewayConfig, components: Components) -> None:
         self._config = config
         self._components = components
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         self._server = aio.server(
             interceptors=[
                 RequestContextInterceptor(

@@ -166,25 +166,6 @@ ProviderConfig = Annotated[
 ]
 
 
-class TargetConfig(_Strict):
-    """One upstream model behind a provider, with its context window and prices."""
-
-    provider: str
-    model: str = Field(min_length=1)
-    context_window: int = Field(ge=1, le=100_000_000)
-    # "auto" picks tiktoken for OpenAI-family models and the estimator otherwise.
-    tokenizer: Literal["auto", "cl100k_base", "o200k_base", "estimate"] = "auto"
-    price: PriceConfig = FREE
-
-
-class RetryConfig(_Strict):
-    """Retries of one target: exponential backoff with full jitter."""
-
-    max_attempts: int = Field(default=2, ge=1, le=10)
-    base_delay_s: float = Field(default=0.2, ge=0, le=60)
-    max_delay_s: float = Field(default=5.0, ge=0, le=300)
-
-
 class CircuitBreakerConfig(_Strict):
     """Per-target breaker: opens by either rule below, then one trial after cooldown.
 
@@ -202,6 +183,28 @@ class CircuitBreakerConfig(_Strict):
     failure_ratio: float | None = Field(default=None, gt=0, le=1)
     window_s: float = Field(default=30.0, gt=0, le=3600)
     min_calls: int = Field(default=20, ge=1, le=100_000)
+
+
+class TargetConfig(_Strict):
+    """One upstream model behind a provider, with its context window and prices."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    context_window: int = Field(ge=1, le=100_000_000)
+    # "auto" picks tiktoken for OpenAI-family models and the estimator otherwise.
+    tokenizer: Literal["auto", "cl100k_base", "o200k_base", "estimate"] = "auto"
+    price: PriceConfig = FREE
+    # The target's own breaker (one per target, whichever routes use it); the server-wide
+    # ``defaults.circuit_breaker`` when unset.
+    circuit_breaker: CircuitBreakerConfig | None = None
+
+
+class RetryConfig(_Strict):
+    """Retries of one target: exponential backoff with full jitter."""
+
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    base_delay_s: float = Field(default=0.2, ge=0, le=60)
+    max_delay_s: float = Field(default=5.0, ge=0, le=300)
 
 
 class TargetRef(_Strict):
@@ -234,8 +237,17 @@ class RouteConfig(_Strict):
     context_policy: Literal["trim", "reject"] = "trim"
     max_cost_usd: UsdAmount | None = None
     retry: RetryConfig | None = None
-    circuit_breaker: CircuitBreakerConfig | None = None
     fallback_on_content_policy: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _breaker_is_a_target_setting(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "circuit_breaker" in data:
+            raise ValueError(
+                "circuit_breaker is a setting of each target (targets.<name>.circuit_breaker), "
+                "not of a route: a target's health is the same whichever route calls it"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_chain(self) -> RouteConfig:

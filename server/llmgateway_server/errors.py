@@ -1,23 +1,27 @@
 """Every exception the gateway raises, in one place.
 
 Each ``GatewayError`` knows its gRPC status code (by name, so this module stays free of
-gRPC), its ``google.rpc.ErrorInfo`` reason and the details a client needs; the transport
-turns them into a status in one function (``transport/status.py``).
+gRPC), its ``google.rpc.ErrorInfo`` reason, the details a client needs, and whether it is
+a *rejection* (the gateway refused the request itself: the usage ledger records the call
+as rejected, not failed); the transport turns them into a status in one function
+(``transport/status.py``).
 
-Hierarchy::
+Hierarchy (R = rejection)::
 
     GatewayError
-    ├── AuthenticationFailed    UNAUTHENTICATED     API_KEY_INVALID
-    ├── ModelNotAllowed         PERMISSION_DENIED   MODEL_NOT_ALLOWED
-    ├── ModelNotFound           NOT_FOUND           MODEL_NOT_FOUND
-    ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+BadRequest)
-    ├── ContextWindowExceeded   INVALID_ARGUMENT    CONTEXT_WINDOW_EXCEEDED
-    ├── ContentBlocked          INVALID_ARGUMENT    CONTENT_BLOCKED
-    ├── CostLimitExceeded       RESOURCE_EXHAUSTED  COST_LIMIT_EXCEEDED (+QuotaFailure)
-    ├── BudgetExceeded          RESOURCE_EXHAUSTED  BUDGET_EXCEEDED (+QuotaFailure, RetryInfo)
-    ├── RateLimited             RESOURCE_EXHAUSTED  RATE_LIMITED (+QuotaFailure, RetryInfo)
+    ├── Rejection                                    R
+    │   ├── AuthenticationFailed    UNAUTHENTICATED     API_KEY_INVALID
+    │   ├── ModelNotAllowed         PERMISSION_DENIED   MODEL_NOT_ALLOWED
+    │   ├── ModelNotFound           NOT_FOUND           MODEL_NOT_FOUND
+    │   ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+BadRequest)
+    │   ├── ContextWindowExceeded   INVALID_ARGUMENT    CONTEXT_WINDOW_EXCEEDED
+    │   ├── ContentBlocked          INVALID_ARGUMENT    CONTENT_BLOCKED
+    │   └── CostLimitExceeded       RESOURCE_EXHAUSTED  COST_LIMIT_EXCEEDED (+QuotaFailure)
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE (+RetryInfo)
     └── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
+
+The contract's BUDGET_EXCEEDED and RATE_LIMITED get their classes when the tenant budget
+work raises them; nothing does yet.
 
     ProviderError               raised by provider adapters, carries a FailureClass;
                                 the router turns exhausted failures into UpstreamUnavailable
@@ -73,35 +77,48 @@ class GatewayError(Exception):
         self.quota_violations = tuple(quota_violations)
 
 
-class AuthenticationFailed(GatewayError):
+class Rejection(GatewayError):
+    """The gateway refused the request itself, before or instead of serving it."""
+
+
+class AuthenticationFailed(Rejection):
     """The API key is missing or unknown."""
 
     code = "UNAUTHENTICATED"
     reason = "API_KEY_INVALID"
 
 
-class ModelNotAllowed(GatewayError):
+class ModelNotAllowed(Rejection):
     """The tenant may not use this route."""
 
     code = "PERMISSION_DENIED"
     reason = "MODEL_NOT_ALLOWED"
 
 
-class ModelNotFound(GatewayError):
+class ModelNotFound(Rejection):
     """No route has this name."""
 
     code = "NOT_FOUND"
     reason = "MODEL_NOT_FOUND"
 
 
-class InvalidRequest(GatewayError):
+class InvalidRequest(Rejection):
     """The request is malformed; ``field_violations`` says where."""
 
     code = "INVALID_ARGUMENT"
     reason = "INVALID_REQUEST"
 
 
-class ContextWindowExceeded(GatewayError):
+def invalid_request(violations: Sequence[FieldViolation]) -> InvalidRequest:
+    """InvalidRequest listing every violation (the first five in the message)."""
+    return InvalidRequest(
+        "the request is invalid: "
+        + "; ".join(f"{v.field}: {v.description}" for v in violations[:5]),
+        field_violations=violations,
+    )
+
+
+class ContextWindowExceeded(Rejection):
     """The prompt does not fit any target's context window (after trimming, if allowed)."""
 
     code = "INVALID_ARGUMENT"
@@ -122,32 +139,18 @@ class ContextWindowExceeded(GatewayError):
         self.context_window = context_window
 
 
-class ContentBlocked(GatewayError):
+class ContentBlocked(Rejection):
     """Input blocked by moderation."""
 
     code = "INVALID_ARGUMENT"
     reason = "CONTENT_BLOCKED"
 
 
-class CostLimitExceeded(GatewayError):
+class CostLimitExceeded(Rejection):
     """The worst-case cost of the request is over the per-request limit."""
 
     code = "RESOURCE_EXHAUSTED"
     reason = "COST_LIMIT_EXCEEDED"
-
-
-class BudgetExceeded(GatewayError):
-    """The tenant's budget cannot cover the request."""
-
-    code = "RESOURCE_EXHAUSTED"
-    reason = "BUDGET_EXCEEDED"
-
-
-class RateLimited(GatewayError):
-    """The tenant is over its rate limit."""
-
-    code = "RESOURCE_EXHAUSTED"
-    reason = "RATE_LIMITED"
 
 
 class UpstreamUnavailable(GatewayError):

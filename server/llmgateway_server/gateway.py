@@ -6,14 +6,12 @@ Protobuf-free: the transport converts to and from these types.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from llmgateway_server.auth import Authenticator
+from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
 from llmgateway_server.errors import (
     DeadlineExceeded,
@@ -21,14 +19,13 @@ from llmgateway_server.errors import (
     GatewayError,
     InvalidRequest,
     ModelNotFound,
+    invalid_request,
 )
 from llmgateway_server.pipeline import Pipeline
-from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.pipeline.ledger import LedgerPolicy
 from llmgateway_server.routes import Route
-from llmgateway_server.storage.base import UsageLedger, UsageRecord
 from llmgateway_server.tokens import count_prompt
 from llmgateway_server.types import (
-    CallOutcome,
     ChatMessage,
     Completion,
     CompletionRequest,
@@ -54,7 +51,7 @@ class Gateway:
         routes: Mapping[str, Route],
         pipeline: Pipeline,
         authenticator: Authenticator,
-        ledger: UsageLedger,
+        ledger: LedgerPolicy,
         clock: Clock,
         default_deadline_s: float,
     ) -> None:
@@ -73,15 +70,37 @@ class Gateway:
         self.authenticator.check_route(tenant, name)
         return route
 
-    def open_call(
+    async def open_call(
         self,
         request: CompletionRequest,
         *,
+        violations: Sequence[FieldViolation] = (),
         tenant: str,
         time_remaining_s: float | None,
         streaming: bool,
     ) -> CallState:
-        """Resolve the route and limits of a request; raises for an unusable request."""
+        """Resolve the route and limits of a request, or refuse it.
+
+        ``request`` holds the validated fields of what the caller sent and
+        ``violations`` what was wrong with the rest. A refusal is written to the usage
+        ledger (through its policy) before it is raised.
+        """
+        try:
+            return self._open(request, violations, tenant, time_remaining_s, streaming)
+        except GatewayError as exc:
+            await self._ledger.refused(request, tenant=tenant, streaming=streaming, error=exc)
+            raise
+
+    def _open(
+        self,
+        request: CompletionRequest,
+        violations: Sequence[FieldViolation],
+        tenant: str,
+        time_remaining_s: float | None,
+        streaming: bool,
+    ) -> CallState:
+        if violations:
+            raise invalid_request(violations)
         now = self._clock.now()
         route = self.route(request.route, tenant)
         max_tokens = request.max_tokens or route.default_max_tokens
@@ -92,8 +111,6 @@ class Gateway:
                     FieldViolation("max_tokens", f"must be at most {route.max_tokens_limit}")
                 ],
             )
-        if not request.request_id:
-            request = dataclasses.replace(request, request_id=uuid.uuid4().hex)
         budget = self._default_deadline_s if time_remaining_s is None else time_remaining_s
         return CallState(
             request=request,
@@ -120,30 +137,6 @@ class Gateway:
             if deadline.expired():
                 raise DeadlineExceeded("the deadline passed") from None
             raise
-
-    async def record_rejection(
-        self,
-        *,
-        tenant: str,
-        route: str,
-        request_id: str,
-        tags: Mapping[str, str],
-        streaming: bool,
-        error: GatewayError,
-    ) -> None:
-        """The usage record of a call refused before it could be opened."""
-        await self._ledger.write(
-            UsageRecord(
-                request_id=request_id or uuid.uuid4().hex,
-                tenant=tenant,
-                route=route,
-                outcome=CallOutcome.REJECTED.value,
-                finished_at_unix_s=time.time(),
-                tags=dict(tags),
-                streaming=streaming,
-                error_reason=error.reason,
-            )
-        )
 
     def count_tokens(self, name: str, messages: Sequence[ChatMessage], tenant: str) -> TokenCount:
         """Input tokens of ``messages`` on the route's first target, and its window."""

@@ -1,4 +1,12 @@
-"""Retries and circuit breakers: the only place that decides whether to try again.
+"""Retries, fallback and circuit breakers: the only place that decides what happens after
+an upstream attempt fails.
+
+``decide`` answers, for every failed attempt, one of: retry the same target after a delay,
+move to the next target (or only to targets with a larger context window), or end the
+call (the stream already reached the caller; the provider refused the content).
+``wait_for_reopening`` answers whether a call that found every target benched should wait
+for the first to reopen. ``CircuitBreaker.allow`` answers whether a target may be tried now.
+The router carries these decisions out and decides nothing itself.
 
 Decisions read the FailureClass an adapter assigned, never HTTP status codes.
 """
@@ -7,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from llmgateway_server.clock import Clock
@@ -18,7 +27,8 @@ log = logging.getLogger("llmgateway.resilience")
 RETRYABLE = frozenset({FailureClass.RATE_LIMITED, FailureClass.TRANSIENT, FailureClass.TIMEOUT})
 """Failures worth another attempt on the same target."""
 
-# Failures that say the target is unhealthy (not that this request is bad).
+# Failures that say the target is unhealthy (not that this request is bad, nor that the
+# gateway's own connection pool was full).
 _BREAKER_FAILURES = RETRYABLE | {FailureClass.CREDENTIAL}
 
 # Fixed time buckets in a breaker's failure-ratio window.
@@ -50,6 +60,94 @@ def retry_delay(
     if delay > retry.max_delay_s or delay >= remaining_s:
         return None
     return delay
+
+
+class Step(enum.Enum):
+    """What the router does after a failed attempt."""
+
+    RETRY = "retry"
+    """The same target again, after ``Decision.delay_s`` (if its breaker still allows)."""
+    NEXT_TARGET = "next_target"
+    """The next target of the chain."""
+    LARGER_WINDOW = "larger_window"
+    """The next target whose context window is larger than this one's; smaller ones are
+    skipped (the prompt did not fit this one)."""
+    FAIL_STREAM_STARTED = "fail_stream_started"
+    """End the call: text already reached the caller, so another target cannot take over."""
+    FAIL_CONTENT_BLOCKED = "fail_content_blocked"
+    """End the call: the provider refused the content and the route does not fall back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A step, and for RETRY how long to wait first."""
+
+    step: Step
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt, as ``decide`` needs to see it."""
+
+    failure_class: FailureClass
+    attempt: int
+    """1-based number of this attempt on this target."""
+    retry_after_s: float | None = None
+    first_token_timeout: bool = False
+    """The stream sent nothing within the route's first-token limit."""
+    stream_started: bool = False
+    """A delta of this call already reached the caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A route's retry and fallback settings."""
+
+    retry: RetryConfig
+    fallback_on_content_policy: bool = False
+
+
+_NEXT = Decision(Step.NEXT_TARGET)
+
+
+def decide(failure: Failure, policy: RetryPolicy, clock: Clock, remaining_s: float) -> Decision:
+    """What to do after ``failure``, with ``remaining_s`` of the caller's deadline left for
+    useful work."""
+    if failure.stream_started:
+        return Decision(Step.FAIL_STREAM_STARTED)
+    kind = failure.failure_class
+    if kind is FailureClass.CONTEXT_TOO_LONG:
+        return Decision(Step.LARGER_WINDOW)
+    if kind is FailureClass.CONTENT_POLICY:
+        return _NEXT if policy.fallback_on_content_policy else Decision(Step.FAIL_CONTENT_BLOCKED)
+    if failure.first_token_timeout or kind is FailureClass.LOCAL_SATURATION:
+        # A slow first token: another target is likelier to be quick than this one again.
+        # A full local pool: this target's pool stays full for a while; another's may not.
+        return _NEXT
+    delay = retry_delay(
+        failure.attempt, kind, failure.retry_after_s, policy.retry, clock, remaining_s
+    )
+    return _NEXT if delay is None else Decision(Step.RETRY, delay)
+
+
+def wait_for_reopening(
+    attempted: bool, reopen_in_s: Iterable[float], remaining_s: float
+) -> float | None:
+    """Seconds to wait before walking the chain again, or None to fail now.
+
+    A call that found every target skipped without sending a single attempt waits for
+    the first target benched by a Retry-After to reopen, when that is within its deadline:
+    the upstream said when it will take calls again, and failing at once would only make
+    the caller retry blind. (An open breaker is not waited for: its one trial call goes to
+    whoever comes first, so waiters would mostly fail later instead of now.)
+    """
+    if attempted:
+        return None
+    earliest = min(reopen_in_s, default=None)
+    if earliest is None or earliest >= remaining_s:
+        return None
+    return earliest
 
 
 class BreakerState(enum.Enum):
@@ -168,6 +266,14 @@ class CircuitBreaker:
         now = self.clock.now()
         until = max(self.benched_until, self.open_until if self.opened else 0.0)
         return until - now if until > now else None
+
+    def benched_for(self) -> float | None:
+        """Seconds until a Retry-After bench ends, when that (and not an open breaker) is
+        what keeps this target from being tried."""
+        now = self.clock.now()
+        if now >= self.benched_until or (self.opened and now < self.open_until):
+            return None
+        return self.benched_until - now
 
     def record_success(self) -> None:
         """A call succeeded: close (and clear the ratio window if it was open)."""

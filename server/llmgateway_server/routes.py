@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from llmgateway_server.config import (
-    CircuitBreakerConfig,
-    GatewayConfig,
-    RetryConfig,
-    usd_to_nano,
-)
+from llmgateway_server.config import CircuitBreakerConfig, GatewayConfig, usd_to_nano
 from llmgateway_server.pricing import Price
 from llmgateway_server.providers.base import Provider
+from llmgateway_server.resilience import RetryPolicy
 from llmgateway_server.tokens import TokenCounter, Tokenizers
 from llmgateway_server.types import ContextPolicy
 
@@ -27,6 +23,7 @@ class Target:
     context_window: int
     price: Price
     counter: TokenCounter
+    circuit_breaker: CircuitBreakerConfig
 
     @property
     def provider_name(self) -> str:
@@ -60,9 +57,7 @@ class Route:
     first_token_timeout_s: float | None
     context_policy: ContextPolicy
     max_cost_nano_usd: int
-    retry: RetryConfig
-    circuit_breaker: CircuitBreakerConfig
-    fallback_on_content_policy: bool
+    retry_policy: RetryPolicy
     targets: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +91,7 @@ def build_routes(
                 version=tc.price.version,
             ),
             counter=tokenizers.counter_for(tc.model, tc.tokenizer),
+            circuit_breaker=tc.circuit_breaker or config.defaults.circuit_breaker,
         )
     defaults = config.defaults
     routes: dict[str, Route] = {}
@@ -119,8 +115,9 @@ def build_routes(
             max_cost_nano_usd=usd_to_nano(
                 rc.max_cost_usd or defaults.max_cost_usd, what="max_cost_usd"
             ),
-            retry=rc.retry or defaults.retry,
-            circuit_breaker=rc.circuit_breaker or defaults.circuit_breaker,
-            fallback_on_content_policy=rc.fallback_on_content_policy,
+            retry_policy=RetryPolicy(
+                retry=rc.retry or defaults.retry,
+                fallback_on_content_policy=rc.fallback_on_content_policy,
+            ),
         )
     return routes

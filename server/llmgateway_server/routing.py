@@ -1,9 +1,9 @@
 """The router: walks a route's fallback chain, one attempt at a time.
 
-Per target: circuit breaker, retries with backoff + jitter + Retry-After (decided in
-``resilience``), a timeout carved out of the caller's deadline, and for streams a
-time-to-first-token limit. Streams fall back only before the first delta reached the
-caller; after that an upstream failure ends the call with UNAVAILABLE.
+It carries out what ``resilience`` decides (retry after a delay, the next target, end the
+call, wait for a benched chain) and decides none of it. Per attempt it sets a timeout
+carved out of the caller's deadline and the route's cap and, for streams, the route's
+time-to-first-token limit; it records every attempt and tells the target's breaker.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
+from llmgateway_server.call import CallState, Prompt
 from llmgateway_server.clock import Clock
 from llmgateway_server.errors import (
     ContentBlocked,
@@ -21,9 +23,15 @@ from llmgateway_server.errors import (
     ProviderError,
     UpstreamUnavailable,
 )
-from llmgateway_server.pipeline.state import CallState, Prompt
-from llmgateway_server.resilience import CircuitBreaker, retry_delay
-from llmgateway_server.routes import Route, Target, Tier
+from llmgateway_server.resilience import (
+    CircuitBreaker,
+    Decision,
+    Failure,
+    Step,
+    decide,
+    wait_for_reopening,
+)
+from llmgateway_server.routes import Target, Tier
 from llmgateway_server.types import (
     Attempt,
     AttemptOutcome,
@@ -56,11 +64,12 @@ class Router:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
 
-    def breaker(self, target: Target, route: Route) -> CircuitBreaker:
-        """The breaker of ``target`` (shared by every route that uses it)."""
+    def breaker(self, target: Target) -> CircuitBreaker:
+        """The breaker of ``target`` (shared by every route that uses it), with the
+        target's own settings."""
         breaker = self._breakers.get(target.id)
         if breaker is None:
-            breaker = CircuitBreaker(route.circuit_breaker, self._clock, target.label)
+            breaker = CircuitBreaker(target.circuit_breaker, self._clock, target.label)
             self._breakers[target.id] = breaker
         return breaker
 
@@ -107,112 +116,96 @@ class Router:
 
     async def run(self, state: CallState) -> AsyncIterator[StreamItem]:
         """Yield the deltas (streams only) and then the UpstreamResult of the target that
-        served the call; ``state.served_by`` names it."""
+        served the call; ``state.served_by`` names it.
+
+        Every choice after a failure (retry, next target, end the call) and whether to
+        wait for a benched chain is ``resilience``'s; this method carries them out.
+        """
         route = state.route
         clock = self._clock
         retry_hints: list[float] = []
         too_long_window = 0  # after CONTEXT_TOO_LONG, only larger windows are worth trying
         last_failure: ProviderError | None = None
-        for tier in route.tiers:
-            for target in self._order(tier):
-                now = clock.now()
-                if target.context_window <= too_long_window:
-                    self._record(state, target, AttemptOutcome.SKIPPED_CONTEXT_WINDOW, now)
-                    continue
-                prompt = state.prompt_for(target)
-                if prompt is None:
-                    self._record(state, target, AttemptOutcome.SKIPPED_CONTEXT_WINDOW, now)
-                    continue
-                breaker = self.breaker(target, route)
-                if not breaker.allow():
-                    hint = breaker.retry_after()
-                    if hint is not None:
-                        retry_hints.append(hint)
-                    self._record(state, target, AttemptOutcome.CIRCUIT_OPEN, now)
-                    continue
-                attempt = 0
-                while True:
-                    attempt += 1
-                    started = clock.now()
-                    remaining = state.deadline - started
-                    if remaining <= _MIN_ATTEMPT_S:
-                        breaker.release()
-                        raise DeadlineExceeded("the deadline passed before an upstream answered")
-                    state.current_target = target
-                    state.current_prompt = prompt
-                    self._in_flight[target.id] += 1
-                    verdict = False
-                    try:
-                        async for item in self._attempt(state, target, prompt):
-                            if isinstance(item, UpstreamResult):
-                                verdict = True
-                                breaker.record_success()
-                                self._record(state, target, AttemptOutcome.SUCCESS, started)
-                                state.served_by = target
-                            yield item
-                        return
-                    except ProviderError as exc:
-                        verdict = True
-                        last_failure = exc
-                        breaker.record_failure(exc.failure_class, exc.retry_after_s)
-                        self._record(
-                            state,
-                            target,
-                            AttemptOutcome.from_failure(exc.failure_class),
-                            started,
-                            exc.message,
-                        )
-                        if exc.retry_after_s is not None:
-                            retry_hints.append(exc.retry_after_s)
-                        log.info(
-                            "attempt failed",
-                            extra={
-                                "request_id": state.request_id,
-                                "target": target.label,
-                                "failure_class": exc.failure_class.value,
-                                "attempt": attempt,
-                                "detail": exc.message,
-                            },
-                        )
-                        if state.first_token_at is not None:
-                            raise UpstreamUnavailable(
-                                "the upstream failed after the stream started",
-                                attempts=state.attempts,
-                            ) from None
-                        failure = exc.failure_class
-                        if failure is FailureClass.CONTEXT_TOO_LONG:
-                            too_long_window = max(too_long_window, target.context_window)
-                            break
-                        if (
-                            failure is FailureClass.CONTENT_POLICY
-                            and not route.fallback_on_content_policy
-                        ):
-                            raise ContentBlocked(
-                                "the provider refused the content",
-                                metadata={"category": "provider"},
-                            ) from None
-                        if isinstance(exc, _FirstTokenTimeout):
-                            break
-                        delay = retry_delay(
-                            attempt,
-                            failure,
-                            exc.retry_after_s,
-                            route.retry,
+        while True:
+            attempted = False
+            benched: list[float] = []
+            for tier in route.tiers:
+                for target in self._order(tier):
+                    now = clock.now()
+                    if target.context_window <= too_long_window:
+                        self._record(state, target, AttemptOutcome.SKIPPED_CONTEXT_WINDOW, now)
+                        continue
+                    prompt = state.prompt_for(target)
+                    if prompt is None:
+                        self._record(state, target, AttemptOutcome.SKIPPED_CONTEXT_WINDOW, now)
+                        continue
+                    breaker = self.breaker(target)
+                    if not breaker.allow():
+                        hint = breaker.retry_after()
+                        if hint is not None:
+                            retry_hints.append(hint)
+                        bench = breaker.benched_for()
+                        if bench is not None:
+                            benched.append(bench)
+                        self._record(state, target, AttemptOutcome.CIRCUIT_OPEN, now)
+                        continue
+                    attempted = True
+                    attempt = 0
+                    while True:
+                        attempt += 1
+                        failure = None
+                        async with aclosing(self._try(state, target, prompt, breaker)) as items:
+                            async for item in items:
+                                if isinstance(item, ProviderError):
+                                    failure = item
+                                else:
+                                    yield item
+                        if failure is None:
+                            return  # served
+                        last_failure = failure
+                        if failure.retry_after_s is not None:
+                            retry_hints.append(failure.retry_after_s)
+                        decision = decide(
+                            Failure(
+                                failure.failure_class,
+                                attempt,
+                                retry_after_s=failure.retry_after_s,
+                                first_token_timeout=isinstance(failure, _FirstTokenTimeout),
+                                stream_started=state.first_token_at is not None,
+                            ),
+                            route.retry_policy,
                             clock,
                             state.deadline - clock.now() - _MIN_ATTEMPT_S,
                         )
-                        if delay is None:
+                        self._log_failure(state, target, failure, attempt, decision)
+                        step = decision.step
+                        if step is Step.FAIL_STREAM_STARTED:
+                            raise UpstreamUnavailable(
+                                "the upstream failed after the stream started",
+                                attempts=state.attempts,
+                            )
+                        if step is Step.FAIL_CONTENT_BLOCKED:
+                            raise ContentBlocked(
+                                "the provider refused the content",
+                                metadata={"category": "provider"},
+                            )
+                        if step is Step.LARGER_WINDOW:
+                            too_long_window = max(too_long_window, target.context_window)
+                        if step is not Step.RETRY:
                             break
-                        await clock.sleep(delay)
+                        await clock.sleep(decision.delay_s)
                         if not breaker.allow():
-                            break
-                    finally:
-                        self._in_flight[target.id] -= 1
-                        if not verdict:
-                            # Cancelled, deadline, or the caller stopped reading.
-                            breaker.release()
-                            if state.served_by is None:
-                                self._record(state, target, AttemptOutcome.CANCELLED, started)
+                            break  # opened (or benched) by other calls meanwhile
+            wait = wait_for_reopening(
+                attempted, benched, state.deadline - clock.now() - _MIN_ATTEMPT_S
+            )
+            if wait is None:
+                break
+            log.info(
+                "every target benched; waiting for the first to reopen",
+                extra={"request_id": state.request_id, "seconds": round(wait, 3)},
+            )
+            await clock.sleep(wait)
         if last_failure is not None and last_failure.failure_class is FailureClass.CONTEXT_TOO_LONG:
             last_prompt = state.current_prompt
             assert last_prompt is not None
@@ -227,9 +220,63 @@ class Router:
             retry_after_s=min(retry_hints) if retry_hints else None,
         )
 
+    async def _try(
+        self, state: CallState, target: Target, prompt: Prompt, breaker: CircuitBreaker
+    ) -> AsyncGenerator[StreamItem | ProviderError, None]:
+        """One attempt: its items, or its failure as the last item (recorded in the
+        attempts and told to the breaker). A call that ends without a verdict (cancelled,
+        deadline, the caller stopped reading) gives the breaker's trial back."""
+        clock = self._clock
+        started = clock.now()
+        if state.deadline - started <= _MIN_ATTEMPT_S:
+            breaker.release()
+            raise DeadlineExceeded("the deadline passed before an upstream answered")
+        state.current_target = target
+        state.current_prompt = prompt
+        self._in_flight[target.id] += 1
+        verdict = False
+        try:
+            async with aclosing(self._attempt(state, target, prompt)) as items:
+                async for item in items:
+                    if isinstance(item, UpstreamResult):
+                        verdict = True
+                        breaker.record_success()
+                        self._record(state, target, AttemptOutcome.SUCCESS, started)
+                        state.served_by = target
+                    yield item
+        except ProviderError as exc:
+            verdict = True
+            breaker.record_failure(exc.failure_class, exc.retry_after_s)
+            self._record(
+                state, target, AttemptOutcome.from_failure(exc.failure_class), started, exc.message
+            )
+            yield exc
+        finally:
+            self._in_flight[target.id] -= 1
+            if not verdict:
+                breaker.release()
+                if state.served_by is None:
+                    self._record(state, target, AttemptOutcome.CANCELLED, started)
+
+    @staticmethod
+    def _log_failure(
+        state: CallState, target: Target, exc: ProviderError, attempt: int, decision: Decision
+    ) -> None:
+        log.info(
+            "attempt failed",
+            extra={
+                "request_id": state.request_id,
+                "target": target.label,
+                "failure_class": exc.failure_class.value,
+                "attempt": attempt,
+                "detail": exc.message,
+                "next": decision.step.value,
+            },
+        )
+
     async def _attempt(
         self, state: CallState, target: Target, prompt: Prompt
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """One attempt, bounded by the route's timeout and the caller's deadline."""
         clock = self._clock
         loop = asyncio.get_running_loop()

@@ -45,6 +45,8 @@ class FailureClass(enum.Enum):
     CREDENTIAL = "CREDENTIAL"
     CONTENT_POLICY = "CONTENT_POLICY"
     BAD_REQUEST = "BAD_REQUEST"
+    # The gateway's own pool had no free connection in time: nothing reached the target.
+    LOCAL_SATURATION = "LOCAL_SATURATION"
 
 
 class AttemptOutcome(enum.Enum):
@@ -58,6 +60,7 @@ class AttemptOutcome(enum.Enum):
     CREDENTIAL = "CREDENTIAL"
     CONTENT_POLICY = "CONTENT_POLICY"
     BAD_REQUEST = "BAD_REQUEST"
+    LOCAL_SATURATION = "LOCAL_SATURATION"
     CANCELLED = "CANCELLED"
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
     SKIPPED_CONTEXT_WINDOW = "SKIPPED_CONTEXT_WINDOW"
@@ -123,6 +126,15 @@ class Cost:
     def total_nano_usd(self) -> int:
         """Input plus output."""
         return self.input_nano_usd + self.output_nano_usd
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """Usage and cost of a call, and whether the usage was counted by the gateway."""
+
+    usage: Usage
+    cost: Cost
+    estimated: bool
 
 
 @dataclass(slots=True)  # built per call: frozen init costs a setattr per field

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import grpc
 import pytest
@@ -144,6 +145,42 @@ async def test_bad_input_is_invalid_argument_with_field_violations(
         assert field in _violations(err)
         assert upstream.request_count() == 0
         await _still_serves(gw)
+
+
+async def test_a_refused_request_is_recorded_with_validated_fields_only(
+    upstream: FakeUpstream,
+) -> None:
+    # What the caller sent unchecked (a 100 KB model name, 100 tags of 10 KB, a request id
+    # with a newline) never reaches the usage record: it keeps what validated.
+    async with running_gateway(providers_config(upstream.base_url), env=ENV) as gw:
+        request = pb.CompleteRequest(
+            model="m" * 100_000,
+            messages=[user("x")],
+            tags={f"k{i}": "v" * 10_000 for i in range(100)},
+            request_id="r-1\nforged log line",
+        )
+        err = await _fails(gw, request)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert {"model", "tags", "request_id"} <= set(_violations(err))
+        (record,) = gw.ledger.records
+        assert (record.outcome, record.error_reason) == ("rejected", "INVALID_REQUEST")
+        assert record.route == ""
+        assert record.tags == {}
+        assert re.fullmatch(r"[0-9a-f]{32}", record.request_id)  # a fresh id stands in
+        assert len(repr(record)) < 2_000
+        # Valid fields of an otherwise invalid request are kept.
+        err = await _fails(
+            gw,
+            pb.CompleteRequest(
+                model="echo",
+                messages=[user("x")],
+                max_tokens=0,
+                tags={"team": "search", "bad key!": "x"},
+                request_id="r-kept",
+            ),
+        )
+        (record,) = gw.ledger.by_request("r-kept")
+        assert (record.route, record.tags) == ("echo", {"team": "search"})
 
 
 async def test_max_tokens_over_the_route_limit_is_invalid_argument(upstream: FakeUpstream) -> None:

@@ -3,6 +3,8 @@ context-window management, against the scripted fake upstream."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -23,6 +25,7 @@ from tests.support.upstream import (
     ContextTooLong,
     Error,
     FakeUpstream,
+    Hang,
     Reset,
     Respond,
     StopMidway,
@@ -79,9 +82,11 @@ def outcomes(completion: pb.Completion) -> list[tuple[str, int]]:
     return [(a.upstream_model, a.outcome) for a in completion.attempts]
 
 
-async def complete(gw: RunningGateway, *messages: pb.Message, **kw: object) -> pb.Completion:
+async def complete(
+    gw: RunningGateway, *messages: pb.Message, model: str = "chain", **kw: object
+) -> pb.Completion:
     reply = await gw.stub.Complete(
-        pb.CompleteRequest(model="chain", messages=list(messages) or [user("hi")], **kw),
+        pb.CompleteRequest(model=model, messages=list(messages) or [user("hi")], **kw),
         timeout=10,  # type: ignore[arg-type]
     )
     return reply.completion
@@ -224,6 +229,118 @@ async def test_breaker_opens_skips_the_dead_target_for_its_cooldown_then_reclose
         upstream.set_default("gpt-a", None)
         c = await complete(gw)
         assert outcomes(c) == [("gpt-a", OK)]
+        c = await complete(gw)
+        assert outcomes(c) == [("gpt-a", OK)]
+
+
+PAIR_ROUTE = """  pair:
+    targets: [a, b]
+    default_max_tokens: 100
+"""
+
+
+async def test_a_call_finding_every_target_benched_waits_for_the_first_to_reopen(
+    upstream: FakeUpstream,
+) -> None:
+    clock = FakeClock()
+    # Retry-After over the route's 2 s backoff cap: each target is benched and skipped.
+    upstream.script("gpt-a", Error(429, retry_after="20"))
+    upstream.script("gpt-b", Error(429, retry_after="10"))
+    text = chain_config(upstream.base_url, route_extra=PAIR_ROUTE)
+    async with running_gateway(text, env=ENV, clock=clock) as gw:
+        with pytest.raises(grpc.aio.AioRpcError) as first:
+            await complete(gw, model="pair")
+        assert first.value.code() == grpc.StatusCode.UNAVAILABLE  # it made its attempts
+        # Both benched, and the first reopens (10 s) past a 5 s deadline: fail now,
+        # saying when to come back.
+        with pytest.raises(grpc.aio.AioRpcError) as hurried:
+            await gw.stub.Complete(
+                pb.CompleteRequest(model="pair", messages=[user("hi")]), timeout=5
+            )
+        assert hurried.value.code() == grpc.StatusCode.UNAVAILABLE
+        (retry,) = [
+            d for d in error_info(hurried.value)[2] if isinstance(d, error_details_pb2.RetryInfo)
+        ]
+        assert retry.retry_delay.seconds == 10
+        assert clock.sleeps == []
+        # Within the deadline: wait for b to reopen, then it serves.
+        c = await gw.stub.Complete(
+            pb.CompleteRequest(model="pair", messages=[user("hi")]), timeout=30
+        )
+    assert clock.sleeps == [10.0]
+    assert outcomes(c.completion) == [
+        ("gpt-a", pb.ATTEMPT_OUTCOME_CIRCUIT_OPEN),
+        ("gpt-b", pb.ATTEMPT_OUTCOME_CIRCUIT_OPEN),
+        ("gpt-a", pb.ATTEMPT_OUTCOME_CIRCUIT_OPEN),
+        ("gpt-b", OK),
+    ]
+    assert upstream.request_count("gpt-a") == 1
+
+
+async def test_a_targets_breaker_settings_are_its_own_whichever_route_calls_it(
+    upstream: FakeUpstream,
+) -> None:
+    clock = FakeClock()
+    upstream.set_default("gpt-a", Error(500))
+    upstream.set_default("gpt-b", Error(500))
+    text = (
+        chain_config(upstream.base_url, route_extra=PAIR_ROUTE)
+        .replace(
+            "    model: gpt-a\n", "    model: gpt-a\n    circuit_breaker: {failure_threshold: 1}\n"
+        )
+        .replace("max_attempts: 3", "max_attempts: 1")
+    )
+    async with running_gateway(text, env=ENV, clock=clock) as gw:
+        c = await complete(gw)  # route chain: a fails once, b fails once, c serves
+        assert [o for _, o in outcomes(c)] == [
+            pb.ATTEMPT_OUTCOME_TRANSIENT,
+            pb.ATTEMPT_OUTCOME_TRANSIENT,
+            OK,
+        ]
+        # Route pair: a's own threshold (1) opened it; b (the default, 3) is still tried.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await complete(gw, model="pair")
+        assert upstream.request_count("gpt-a") == 1
+        assert upstream.request_count("gpt-b") == 2
+
+
+async def test_a_full_local_pool_is_local_saturation_and_never_opens_a_breaker(
+    upstream: FakeUpstream,
+) -> None:
+    # One connection to the OpenAI-format provider, held by a call that hangs: a second
+    # call cannot get a connection within its route's 0.5 s, on a or on b (same pool).
+    upstream.script("gpt-a", Hang())
+    text = (
+        chain_config(upstream.base_url)
+        .replace(
+            "    api_key_env: TEST_OPENAI_KEY",
+            "    api_key_env: TEST_OPENAI_KEY\n    max_connections: 1",
+        )
+        .replace(
+            "    model: gpt-a\n", "    model: gpt-a\n    circuit_breaker: {failure_threshold: 1}\n"
+        )
+        .replace(
+            "    default_max_tokens: 100\n", "    default_max_tokens: 100\n    timeout_s: 0.5\n", 1
+        )
+    )
+    text += """  slow:
+    targets: [a]
+    timeout_s: 60
+"""
+    async with running_gateway(text, env=ENV, clock=FakeClock()) as gw:
+        hung = asyncio.ensure_future(complete(gw, model="slow"))
+        await upstream.wait_for_requests(1)
+        c = await complete(gw)
+        assert outcomes(c) == [
+            ("gpt-a", pb.ATTEMPT_OUTCOME_LOCAL_SATURATION),
+            ("gpt-b", pb.ATTEMPT_OUTCOME_LOCAL_SATURATION),
+            ("claude-c", OK),
+        ]
+        assert "local pool" in c.attempts[0].detail
+        hung.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+        # a's threshold is 1, yet its breaker stayed closed: the next call is served by a.
         c = await complete(gw)
         assert outcomes(c) == [("gpt-a", OK)]
 

@@ -148,19 +148,28 @@ def test_circuit_breaker_ratio_settings_out_of_range_name_their_path(
     setting: str, field: str
 ) -> None:
     text = BASE.replace(
-        "    targets: [mini]", f"    targets: [mini]\n    circuit_breaker: {{{setting}}}"
+        "    context_window: 128000",
+        f"    context_window: 128000\n    circuit_breaker: {{{setting}}}",
     )
-    with pytest.raises(ConfigError, match=rf"routes\.default\.circuit_breaker\.{field}:"):
+    with pytest.raises(ConfigError, match=rf"targets\.mini\.circuit_breaker\.{field}:"):
+        parse_config(text)
+
+
+def test_circuit_breaker_is_a_target_setting_and_a_route_one_says_where_it_goes() -> None:
+    text = BASE.replace(
+        "    targets: [mini]", "    targets: [mini]\n    circuit_breaker: {failure_threshold: 3}"
+    )
+    with pytest.raises(ConfigError, match=r"routes\.default: .*targets\.<name>\.circuit_breaker"):
         parse_config(text)
 
 
 def test_circuit_breaker_ratio_settings_parse_and_default_off() -> None:
     text = BASE.replace(
-        "    targets: [mini]",
-        "    targets: [mini]\n"
+        "    context_window: 128000",
+        "    context_window: 128000\n"
         "    circuit_breaker: {failure_ratio: 0.5, window_s: 60, min_calls: 50}",
     )
-    breaker = parse_config(text).routes["default"].circuit_breaker
+    breaker = parse_config(text).targets["mini"].circuit_breaker
     assert breaker is not None
     assert (breaker.failure_ratio, breaker.window_s, breaker.min_calls) == (0.5, 60.0, 50)
     defaults = parse_config(BASE).defaults.circuit_breaker

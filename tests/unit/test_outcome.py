@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from llmgateway_server.call import CallState
 from llmgateway_server.errors import CostLimitExceeded, UpstreamUnavailable
 from llmgateway_server.pipeline import classify_outcome
-from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.routes import Route
 from llmgateway_server.types import CallOutcome, ChatMessage, CompletionRequest, Role
 

@@ -8,13 +8,14 @@ from typing import cast
 
 import pytest
 import tiktoken
+from llmgateway_server.call import CallState
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
 from llmgateway_server.errors import CostLimitExceeded
 from llmgateway_server.pipeline.context_window import ContextWindowPolicy
 from llmgateway_server.pipeline.cost_guard import CostGuardPolicy
-from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.pricing import Price
 from llmgateway_server.providers.base import Provider
+from llmgateway_server.resilience import RetryPolicy
 from llmgateway_server.routes import Route, Target, Tier
 from llmgateway_server.tokens import TiktokenCounter
 from llmgateway_server.types import ChatMessage, CompletionRequest, ContextPolicy, Role
@@ -53,6 +54,7 @@ def state_for(counter: SpyCounter, *, max_cost_nano_usd: int) -> CallState:
         context_window=128_000,
         price=PRICE,
         counter=counter,
+        circuit_breaker=CircuitBreakerConfig(),
     )
     route = Route(
         name="r",
@@ -63,9 +65,7 @@ def state_for(counter: SpyCounter, *, max_cost_nano_usd: int) -> CallState:
         first_token_timeout_s=None,
         context_policy=ContextPolicy.TRIM,
         max_cost_nano_usd=max_cost_nano_usd,
-        retry=RetryConfig(),
-        circuit_breaker=CircuitBreakerConfig(),
-        fallback_on_content_policy=False,
+        retry_policy=RetryPolicy(RetryConfig()),
     )
     request = CompletionRequest(route="r", messages=MESSAGES, max_tokens=MAX_TOKENS)
     return CallState(

@@ -6,7 +6,18 @@ import logging
 
 import pytest
 from llmgateway_server.config import CircuitBreakerConfig, RetryConfig
-from llmgateway_server.resilience import BreakerState, CircuitBreaker, backoff_delay, retry_delay
+from llmgateway_server.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    Decision,
+    Failure,
+    RetryPolicy,
+    Step,
+    backoff_delay,
+    decide,
+    retry_delay,
+    wait_for_reopening,
+)
 from llmgateway_server.types import FailureClass
 
 from tests.support.clock import FakeClock
@@ -292,3 +303,99 @@ def test_without_failure_ratio_only_consecutive_failures_open() -> None:
     breaker.record_failure(FailureClass.TRANSIENT)
     breaker.record_failure(FailureClass.TRANSIENT)
     assert breaker.state is BreakerState.OPEN
+
+
+# -- decide: what happens after a failed attempt, for every case the router meets ----------
+
+_POLICY = RetryPolicy(RetryConfig(max_attempts=3, base_delay_s=0.1, max_delay_s=2.0))
+_LENIENT = RetryPolicy(_POLICY.retry, fallback_on_content_policy=True)
+F = FailureClass
+
+
+@pytest.mark.parametrize(
+    ("failure", "policy", "remaining_s", "expected"),
+    [
+        # Retryable classes retry the same target (full jitter: 0.5 x ceiling here)...
+        (Failure(F.TRANSIENT, 1), _POLICY, 60, Decision(Step.RETRY, 0.05)),
+        (Failure(F.TIMEOUT, 2), _POLICY, 60, Decision(Step.RETRY, 0.1)),
+        (Failure(F.RATE_LIMITED, 1), _POLICY, 60, Decision(Step.RETRY, 0.05)),
+        # ...honouring Retry-After...
+        (Failure(F.RATE_LIMITED, 1, retry_after_s=1.5), _POLICY, 60, Decision(Step.RETRY, 1.5)),
+        # ...but not past the route's cap, the deadline, or the attempts allowed.
+        (Failure(F.RATE_LIMITED, 1, retry_after_s=3.0), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        (Failure(F.RATE_LIMITED, 1, retry_after_s=1.0), _POLICY, 0.5, Decision(Step.NEXT_TARGET)),
+        (Failure(F.TRANSIENT, 3), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        # Failures a retry cannot fix move on at once.
+        (Failure(F.CREDENTIAL, 1), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        (Failure(F.BAD_REQUEST, 1), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        # A slow first token: another target, not the same one again.
+        (Failure(F.TIMEOUT, 1, first_token_timeout=True), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        # The gateway's own pool was full: another target's pool, no retry here.
+        (Failure(F.LOCAL_SATURATION, 1), _POLICY, 60, Decision(Step.NEXT_TARGET)),
+        # Too long for this window: only larger windows are worth trying.
+        (Failure(F.CONTEXT_TOO_LONG, 1), _POLICY, 60, Decision(Step.LARGER_WINDOW)),
+        # The provider refused the content: the call ends, unless the route falls back.
+        (Failure(F.CONTENT_POLICY, 1), _POLICY, 60, Decision(Step.FAIL_CONTENT_BLOCKED)),
+        (Failure(F.CONTENT_POLICY, 1), _LENIENT, 60, Decision(Step.NEXT_TARGET)),
+        # Text already reached the caller: nothing can take over, whatever the class.
+        (
+            Failure(F.TRANSIENT, 1, stream_started=True),
+            _POLICY,
+            60,
+            Decision(Step.FAIL_STREAM_STARTED),
+        ),
+        (
+            Failure(F.TIMEOUT, 1, stream_started=True),
+            _POLICY,
+            60,
+            Decision(Step.FAIL_STREAM_STARTED),
+        ),
+        (
+            Failure(F.CONTENT_POLICY, 1, stream_started=True),
+            _LENIENT,
+            60,
+            Decision(Step.FAIL_STREAM_STARTED),
+        ),
+    ],
+)
+def test_decide_after_a_failed_attempt(
+    failure: Failure, policy: RetryPolicy, remaining_s: float, expected: Decision
+) -> None:
+    assert decide(failure, policy, FakeClock(random_value=0.5), remaining_s) == expected
+
+
+@pytest.mark.parametrize(
+    ("attempted", "reopen_in_s", "remaining_s", "expected"),
+    [
+        (False, [2.0, 0.5], 10.0, 0.5),  # every target benched: wait for the first
+        (False, [12.0], 10.0, None),  # not within the deadline: fail now, with RetryInfo
+        (False, [], 10.0, None),  # skipped for other reasons (open breaker): fail now
+        (True, [0.5], 10.0, None),  # an attempt was made this pass: its failure stands
+    ],
+)
+def test_wait_for_a_benched_chain_only_within_the_deadline(
+    attempted: bool, reopen_in_s: list[float], remaining_s: float, expected: float | None
+) -> None:
+    assert wait_for_reopening(attempted, reopen_in_s, remaining_s) == expected
+
+
+def test_bench_is_what_keeps_a_target_out_only_while_its_breaker_is_not_open() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, cooldown_s=30), clock)
+    breaker.record_failure(FailureClass.RATE_LIMITED, retry_after_s=5.0)
+    assert breaker.benched_for() == 5.0
+    breaker.record_failure(FailureClass.RATE_LIMITED, retry_after_s=5.0)  # now open, 30 s
+    assert breaker.benched_for() is None
+    clock.advance(31)
+    assert breaker.benched_for() is None  # the bench is over too
+
+
+def test_local_saturation_never_counts_against_the_breaker() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        CircuitBreakerConfig(failure_threshold=1, failure_ratio=0.1, min_calls=1), clock
+    )
+    for _ in range(5):
+        assert breaker.allow()
+        breaker.record_failure(FailureClass.LOCAL_SATURATION)
+    assert breaker.state is BreakerState.CLOSED

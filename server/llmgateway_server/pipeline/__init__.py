@@ -8,37 +8,17 @@ bifrost-style hooks).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
+from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
-from llmgateway_server.errors import GatewayError
-from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.pipeline.outcome import classify_outcome
 from llmgateway_server.pipeline.usage import meter
 from llmgateway_server.routing import Router
 from llmgateway_server.types import CallOutcome, Completion, TextDelta, UpstreamResult
 
-__all__ = ["CallState", "Pipeline", "Policy"]
-
-_REJECTIONS = frozenset(
-    {
-        "INVALID_REQUEST",
-        "CONTEXT_WINDOW_EXCEEDED",
-        "CONTENT_BLOCKED",
-        "COST_LIMIT_EXCEEDED",
-        "BUDGET_EXCEEDED",
-        "RATE_LIMITED",
-        "MODEL_NOT_FOUND",
-        "MODEL_NOT_ALLOWED",
-        "API_KEY_INVALID",
-    }
-)
-
-# gRPC's deadline timer runs on its own clock and can cancel a call a little before the
-# deadline by ours (up to 0.1 ms seen on uvloop); a cancellation this close to the
-# deadline is the deadline.
-_DEADLINE_SLACK_S = 0.005
+__all__ = ["CallState", "Pipeline", "Policy", "classify_outcome"]
 
 
 class Policy(Protocol):
@@ -51,21 +31,6 @@ class Policy(Protocol):
     async def after(self, state: CallState) -> None:
         """Post-work; runs even when the call failed or was cancelled."""
         ...
-
-
-def classify_outcome(state: CallState, exc: BaseException, now: float) -> tuple[CallOutcome, str]:
-    """The ledger outcome and reason for a call that ended with ``exc``."""
-    if isinstance(exc, GatewayError):
-        if exc.reason in _REJECTIONS:
-            return CallOutcome.REJECTED, exc.reason
-        if exc.reason == "DEADLINE_EXCEEDED":
-            return CallOutcome.DEADLINE_EXCEEDED, exc.reason
-        return CallOutcome.FAILED, exc.reason
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        if now >= state.deadline - _DEADLINE_SLACK_S:
-            return CallOutcome.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
-        return CallOutcome.CANCELLED, "CANCELLED"
-    return CallOutcome.FAILED, "INTERNAL"
 
 
 class Pipeline:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 
+from llmgateway_server.call import CallState, Prompt
 from llmgateway_server.errors import ContextWindowExceeded
-from llmgateway_server.pipeline.state import CallState, Prompt
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
 from llmgateway_server.trimming import trim_to_fit
 from llmgateway_server.types import ContextPolicy

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from llmgateway_server.call import CallState
 from llmgateway_server.errors import CostLimitExceeded, QuotaViolation
-from llmgateway_server.pipeline.state import CallState
 from llmgateway_server.pricing import worst_case_nano
 
 log = logging.getLogger("llmgateway.cost_guard")

@@ -1,14 +1,22 @@
-"""Ledger policy: first in, last out, so every call writes exactly one usage record."""
+"""The usage ledger's policy: the one writer of usage records.
+
+First in, last out of the pipeline, so every call that opens writes exactly one record
+however it ends; and ``refused`` writes the record of a call refused before it could open
+(malformed, unknown or forbidden model, max_tokens over the route's limit). Records are
+built from validated request fields only.
+"""
 
 from __future__ import annotations
 
 import time
 
+from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
-from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.errors import GatewayError
+from llmgateway_server.pipeline.outcome import classify_error
 from llmgateway_server.pipeline.usage import meter
 from llmgateway_server.storage.base import UsageLedger, UsageRecord
-from llmgateway_server.types import CallOutcome
+from llmgateway_server.types import CallOutcome, CompletionRequest
 
 
 def build_record(state: CallState, now: float) -> UsageRecord:
@@ -61,3 +69,22 @@ class LedgerPolicy:
     async def after(self, state: CallState) -> None:
         """Write the call's one usage record."""
         await self._ledger.write(build_record(state, self._clock.now()))
+
+    async def refused(
+        self, request: CompletionRequest, *, tenant: str, streaming: bool, error: GatewayError
+    ) -> None:
+        """Write the record of a call refused before it opened (``request`` holds the
+        validated fields of what the caller sent)."""
+        outcome, reason = classify_error(error)
+        await self._ledger.write(
+            UsageRecord(
+                request_id=request.request_id,
+                tenant=tenant,
+                route=request.route,
+                outcome=outcome.value,
+                finished_at_unix_s=time.time(),
+                tags=dict(request.tags),
+                streaming=streaming,
+                error_reason=reason,
+            )
+        )

@@ -8,21 +8,9 @@ unbilled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.call import CallState
 from llmgateway_server.pricing import cost_of
-from llmgateway_server.types import Cost, UpstreamResult, Usage
-
-
-@dataclass(frozen=True, slots=True)
-class Metered:
-    """Usage and cost of a call, and whether the usage was counted by the gateway."""
-
-    usage: Usage
-    cost: Cost
-    estimated: bool
-
+from llmgateway_server.types import Cost, Metered, UpstreamResult, Usage
 
 NOTHING = Metered(Usage(), Cost(), estimated=False)
 

@@ -149,6 +149,12 @@ async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
 
 def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
     """Classify a connection-level failure."""
+    if isinstance(exc, httpx.PoolTimeout):
+        # The gateway's own pool had no free connection in time: nothing reached the
+        # upstream, so this says nothing about its health.
+        return ProviderError(
+            FailureClass.LOCAL_SATURATION, f"{provider}: no free connection in the local pool"
+        )
     if isinstance(exc, httpx.TimeoutException):
         return ProviderError(FailureClass.TIMEOUT, f"{provider}: upstream timed out")
     return ProviderError(

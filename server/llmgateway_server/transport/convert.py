@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from llmgateway.v1 import gateway_pb2 as pb
 
-from llmgateway_server.errors import FieldViolation, InvalidRequest
+from llmgateway_server.errors import FieldViolation, invalid_request
 from llmgateway_server.gateway import TokenCount
 from llmgateway_server.routes import Route
 from llmgateway_server.types import (
@@ -30,6 +30,7 @@ MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 256
 MAX_REQUEST_ID = 128
 MAX_NAME = 64
+MAX_MODEL = 128
 MAX_TOKENS_CEILING = 1_000_000
 
 _ROLES = {pb.ROLE_SYSTEM: Role.SYSTEM, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
@@ -46,8 +47,10 @@ _FINISH = {
     FinishReason.OTHER: pb.FINISH_REASON_OTHER,
 }
 _OUTCOME = {o: pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{o.value}") for o in AttemptOutcome}
-_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
-_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+_TAG_KEY = re.compile(r"[A-Za-z0-9_.:/\-]+")
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+# What a route name may be (config.py checks the same for the configured ones).
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
 
 CompletionProto = pb.CompleteRequest | pb.StreamCompleteRequest
 
@@ -83,13 +86,21 @@ def _messages(
     return tuple(out)
 
 
-def to_request(msg: CompletionProto) -> CompletionRequest:
-    """Validate and convert a (Stream)CompleteRequest; InvalidRequest lists every problem."""
+def to_request(msg: CompletionProto) -> tuple[CompletionRequest, list[FieldViolation]]:
+    """Validate and convert a (Stream)CompleteRequest.
+
+    Returns the request and every problem found. The request holds validated values
+    only, whatever the problems: an invalid model, request id or tag is left out (a fresh
+    request id stands in), so a refused call's usage record and log lines never carry
+    what the caller sent unchecked.
+    """
     v: list[FieldViolation] = []
-    if not msg.model:
+    model = msg.model
+    if not model:
         v.append(FieldViolation("model", "required"))
-    elif len(msg.model) > 128:
-        v.append(FieldViolation("model", "at most 128 characters"))
+    elif not (len(model) <= MAX_MODEL and _NAME.fullmatch(model)):
+        v.append(FieldViolation("model", f"1-{MAX_MODEL} of A-Z a-z 0-9 _ . : -"))
+        model = ""
     messages = _messages(msg.messages, v)
     max_tokens: int | None = None
     if msg.HasField("max_tokens"):
@@ -109,52 +120,60 @@ def to_request(msg: CompletionProto) -> CompletionRequest:
             v.append(FieldViolation("top_p", "must be a number greater than 0 and at most 1"))
         else:
             top_p = msg.top_p
+    stop: tuple[str, ...] = ()
     if len(msg.stop) > MAX_STOP:
         v.append(FieldViolation("stop", f"at most {MAX_STOP} sequences"))
-    for i, s in enumerate(msg.stop):
-        if not s or len(s) > MAX_STOP_CHARS:
-            v.append(FieldViolation(f"stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
-    if len(msg.tags) > MAX_TAGS:
-        v.append(FieldViolation("tags", f"at most {MAX_TAGS} tags"))
-    for key, value in msg.tags.items():
-        if not (0 < len(key) <= MAX_TAG_KEY and _TAG_KEY.match(key)):
-            v.append(
-                FieldViolation(
-                    f"tags[{key[:MAX_TAG_KEY]}]", "key must be 1-64 of A-Z a-z 0-9 _ . : / -"
-                )
-            )
-        if len(value) > MAX_TAG_VALUE:
-            v.append(
-                FieldViolation(
-                    f"tags[{key[:MAX_TAG_KEY]}]", f"value at most {MAX_TAG_VALUE} characters"
-                )
-            )
-    if msg.request_id and not (
-        len(msg.request_id) <= MAX_REQUEST_ID and _PRINTABLE.match(msg.request_id)
-    ):
+    else:
+        for i, s in enumerate(msg.stop):
+            if not s or len(s) > MAX_STOP_CHARS:
+                v.append(FieldViolation(f"stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters"))
+        stop = tuple(msg.stop)
+    tags = _tags(msg, v)
+    request_id = msg.request_id
+    if request_id and not (len(request_id) <= MAX_REQUEST_ID and _PRINTABLE.fullmatch(request_id)):
         v.append(
             FieldViolation(
                 "request_id", f"1-{MAX_REQUEST_ID} printable ASCII characters, no spaces"
             )
         )
+        request_id = ""
+    context_policy = _POLICIES.get(msg.context_policy)
     if msg.context_policy not in _POLICIES:
         v.append(FieldViolation("context_policy", "unknown value"))
-    if v:
-        raise InvalidRequest(
-            "the request is invalid: " + "; ".join(f"{x.field}: {x.description}" for x in v[:5]),
-            field_violations=v,
-        )
-    return CompletionRequest(
-        route=msg.model,
+    request = CompletionRequest(
+        route=model,
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
-        stop=tuple(msg.stop),
-        tags=dict(msg.tags),
-        request_id=msg.request_id or uuid.uuid4().hex,
-        context_policy=_POLICIES[msg.context_policy],
+        stop=stop,
+        tags=tags,
+        request_id=request_id or uuid.uuid4().hex,
+        context_policy=context_policy,
     )
+    return request, v
+
+
+def _tags(msg: CompletionProto, v: list[FieldViolation]) -> dict[str, str]:
+    """The valid tags (none when there are too many)."""
+    if len(msg.tags) > MAX_TAGS:
+        v.append(FieldViolation("tags", f"at most {MAX_TAGS} tags"))
+        return {}
+    tags: dict[str, str] = {}
+    for key, value in msg.tags.items():
+        if not (0 < len(key) <= MAX_TAG_KEY and _TAG_KEY.fullmatch(key)):
+            v.append(
+                FieldViolation(
+                    f"tags[{key[:MAX_TAG_KEY]}]",
+                    f"key must be 1-{MAX_TAG_KEY} of A-Z a-z 0-9 _ . : / -",
+                )
+            )
+            continue
+        if len(value) > MAX_TAG_VALUE:
+            v.append(FieldViolation(f"tags[{key}]", f"value at most {MAX_TAG_VALUE} characters"))
+            continue
+        tags[key] = value
+    return tags
 
 
 def to_count_messages(msg: pb.CountTokensRequest) -> tuple[ChatMessage, ...]:
@@ -162,9 +181,11 @@ def to_count_messages(msg: pb.CountTokensRequest) -> tuple[ChatMessage, ...]:
     v: list[FieldViolation] = []
     if not msg.model:
         v.append(FieldViolation("model", "required"))
+    elif not (len(msg.model) <= MAX_MODEL and _NAME.fullmatch(msg.model)):
+        v.append(FieldViolation("model", f"1-{MAX_MODEL} of A-Z a-z 0-9 _ . : -"))
     messages = _messages(msg.messages, v)
     if v:
-        raise InvalidRequest("the request is invalid", field_violations=v)
+        raise invalid_request(v)
     return messages
 
 

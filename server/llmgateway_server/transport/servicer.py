@@ -11,7 +11,7 @@ from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from llmgateway_server.errors import GatewayError
 from llmgateway_server.gateway import Gateway
-from llmgateway_server.pipeline.state import CallState
+from llmgateway_server.call import CallState
 from llmgateway_server.transport.context import current_tenant
 from llmgateway_server.transport.convert import (
     CompletionProto,
@@ -38,25 +38,14 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def _open(
         self, message: CompletionProto, context: Context, *, streaming: bool
     ) -> CallState:
-        tenant = current_tenant.get()
-        try:
-            request = to_request(message)
-            return self._gateway.open_call(
-                request,
-                tenant=tenant,
-                time_remaining_s=context.time_remaining(),
-                streaming=streaming,
-            )
-        except GatewayError as exc:
-            await self._gateway.record_rejection(
-                tenant=tenant,
-                route=message.model,
-                request_id=message.request_id,
-                tags=message.tags,
-                streaming=streaming,
-                error=exc,
-            )
-            raise
+        request, violations = to_request(message)
+        return await self._gateway.open_call(
+            request,
+            violations=violations,
+            tenant=current_tenant.get(),
+            time_remaining_s=context.time_remaining(),
+            streaming=streaming,
+        )
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
         """Unary completion: the streaming path, aggregated."""

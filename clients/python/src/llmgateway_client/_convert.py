@@ -59,6 +59,7 @@ _OUTCOME_FROM_PROTO: dict[int, AttemptOutcome] = {
     gateway_pb2.ATTEMPT_OUTCOME_CANCELLED: "cancelled",
     gateway_pb2.ATTEMPT_OUTCOME_CIRCUIT_OPEN: "circuit_open",
     gateway_pb2.ATTEMPT_OUTCOME_SKIPPED_CONTEXT_WINDOW: "skipped_context_window",
+    gateway_pb2.ATTEMPT_OUTCOME_LOCAL_SATURATION: "local_saturation",
 }
 
 MessagesInput = str | Sequence[Message]

@@ -48,6 +48,7 @@ AttemptOutcome = Literal[
     "cancelled",
     "circuit_open",
     "skipped_context_window",
+    "local_saturation",
 ]
 """How one attempt against one upstream target ended."""
 

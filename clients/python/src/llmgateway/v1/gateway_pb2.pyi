@@ -138,6 +138,11 @@ class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attemp
     """The target was skipped because its circuit breaker is open."""
     ATTEMPT_OUTCOME_SKIPPED_CONTEXT_WINDOW: _AttemptOutcome.ValueType  # 11
     """The target was skipped because its context window is too small for the prompt."""
+    ATTEMPT_OUTCOME_LOCAL_SATURATION: _AttemptOutcome.ValueType  # 12
+    """No attempt was sent: the gateway's own connection pool to the provider had no free
+    connection in time. Local saturation, not a failure of the target (it never counts
+    against the target's circuit breaker).
+    """
 
 class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper):
     """AttemptOutcome is how one attempt against one upstream target ended."""
@@ -166,6 +171,11 @@ ATTEMPT_OUTCOME_CIRCUIT_OPEN: AttemptOutcome.ValueType  # 10
 """The target was skipped because its circuit breaker is open."""
 ATTEMPT_OUTCOME_SKIPPED_CONTEXT_WINDOW: AttemptOutcome.ValueType  # 11
 """The target was skipped because its context window is too small for the prompt."""
+ATTEMPT_OUTCOME_LOCAL_SATURATION: AttemptOutcome.ValueType  # 12
+"""No attempt was sent: the gateway's own connection pool to the provider had no free
+connection in time. Local saturation, not a failure of the target (it never counts
+against the target's circuit breaker).
+"""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
 @_typing.final
@@ -608,7 +618,9 @@ class Attempt(_message.Message):
     outcome: Global___AttemptOutcome.ValueType
     """How the attempt ended."""
     detail: _builtins.str
-    """Short human-readable detail about a failed attempt (never includes secrets)."""
+    """The gateway's classification of a failed attempt: HTTP status, failure class and the
+    provider's error type or code. Never upstream body text, never secrets.
+    """
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
         """How long the attempt took."""

@@ -1,9 +1,12 @@
-"""Per-call mutable state that the policies and the router share."""
+"""Per-call mutable state that the policies and the router share.
+
+It lives below both (``pipeline`` imports ``routing``, and both import this module), so
+neither depends on the other for it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llmgateway_server.routes import Route, Target
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
@@ -13,10 +16,8 @@ from llmgateway_server.types import (
     ChatMessage,
     Completion,
     CompletionRequest,
+    Metered,
 )
-
-if TYPE_CHECKING:
-    from llmgateway_server.pipeline.usage import Metered
 
 
 class Prompt:
