@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from typing import cast
 
+from llmgateway_server import errors
 from llmgateway_server.call import CallState
-from llmgateway_server.errors import CostLimitExceeded, UpstreamUnavailable
+from llmgateway_server.errors import CostLimitExceeded, GatewayError, UpstreamUnavailable
 from llmgateway_server.pipeline import classify_outcome
+from llmgateway_server.pipeline.outcome import classify_error
 from llmgateway_server.routes import Route
 from llmgateway_server.types import CallOutcome, ChatMessage, CompletionRequest, Role
 
@@ -47,3 +51,25 @@ def test_gateway_errors_are_rejections_or_failures_by_reason() -> None:
     )
     down = UpstreamUnavailable("all down", attempts=[])
     assert classify_outcome(state(), down, 95.0) == (CallOutcome.FAILED, "UPSTREAM_UNAVAILABLE")
+
+
+def _leaf_classes(base: type[GatewayError]) -> list[type[GatewayError]]:
+    return [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, base)]
+
+
+def test_whether_an_error_is_a_rejection_is_a_property_of_its_class() -> None:
+    for cls in _leaf_classes(errors.Rejection):
+        assert classify_error(cls.__new__(cls))[0] is CallOutcome.REJECTED, cls
+    deadline = errors.DeadlineExceeded("late")
+    assert classify_error(deadline) == (CallOutcome.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED")
+    assert classify_error(errors.UpstreamUnavailable("down"))[0] is CallOutcome.FAILED
+
+
+def test_every_error_class_is_raised_somewhere() -> None:
+    # An error class nothing raises promises callers a status they never get.
+    package = Path(errors.__file__).parent
+    sources = "\n".join(p.read_text() for p in package.rglob("*.py") if p.name != "errors.py")
+    for cls in _leaf_classes(GatewayError):
+        if cls in (GatewayError, errors.Rejection):
+            continue
+        assert re.search(rf"\b{cls.__name__}\(", sources), f"{cls.__name__} is never raised"
