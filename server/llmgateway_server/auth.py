@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 
 from llmgateway_server.errors import AuthenticationFailed, ModelNotAllowed
 
-_BEARER = "bearer "
+# RFC 7235: the scheme is case-insensitive; one space separates it from the token.
+_SCHEME = "bearer"
+# Printable ASCII, no space: a key with anything else (a trailing space or NBSP, a tab, a
+# control character, a non-ASCII byte) is a different key, never a spelling of a known one.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_DUMMY_DIGEST = "0" * 64
+
+# The only messages an authentication failure carries: none of them echoes the value sent.
+MISSING = "missing authorization: Bearer <api key>"
+MALFORMED = "authorization must be 'Bearer <api key>', the key printable ASCII without spaces"
+UNKNOWN = "unknown API key"
 
 
 class Authenticator:
     """Derives the tenant from ``authorization: Bearer <key>``.
 
-    Keys are compared by SHA-256 digest, so the config and memory hold digests only.
+    The value is parsed strictly and the key compared exactly: ``Bearer`` (any case), one
+    space, then the key as sent, which must be printable ASCII (0x21-0x7e). Nothing is
+    trimmed, so a key with a byte added is unknown, not the key's tenant. Keys are compared
+    by SHA-256 digest, so the config and memory hold digests only.
     """
 
     def __init__(
@@ -33,19 +47,25 @@ class Authenticator:
             self._routes.setdefault(anonymous_tenant, None)
 
     def authenticate(self, authorization: str | None) -> str:
-        """The tenant for an ``authorization`` metadata value, or AuthenticationFailed."""
+        """The tenant for an ``authorization`` metadata value, or AuthenticationFailed.
+
+        No value (or an empty one) is the anonymous tenant when one is configured. A
+        metadata value that arrived as bytes is passed decoded as latin-1 (one character
+        per byte), so any byte outside printable ASCII is refused here.
+        """
         if not authorization:
             if self._anonymous is not None:
                 return self._anonymous
-            raise AuthenticationFailed("missing authorization: Bearer <api key>")
-        if authorization[:7].lower() != _BEARER:
-            raise AuthenticationFailed("authorization must be 'Bearer <api key>'")
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+            raise AuthenticationFailed(MISSING)
+        scheme, space, token = authorization.partition(" ")
+        if not (space and scheme.lower() == _SCHEME and _TOKEN.fullmatch(token)):
+            raise AuthenticationFailed(MALFORMED)
+        digest = hashlib.sha256(token.encode("ascii")).hexdigest()
         tenant = self._tenant_by_digest.get(digest)
         if tenant is None:
             # Constant-time compare against a dummy so unknown keys take as long as known ones.
-            hmac.compare_digest(digest, "0" * 64)
-            raise AuthenticationFailed("unknown API key")
+            hmac.compare_digest(digest, _DUMMY_DIGEST)
+            raise AuthenticationFailed(UNKNOWN)
         return tenant
 
     def check_route(self, tenant: str, route: str) -> None:
