@@ -28,8 +28,10 @@ if _version_not_supported:
 class GatewayServiceStub:
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -40,7 +42,8 @@ class GatewayServiceStub:
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
@@ -90,8 +93,10 @@ class GatewayServiceStub:
 class GatewayServiceServicer:
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -102,7 +107,8 @@ class GatewayServiceServicer:
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
@@ -186,8 +192,10 @@ def add_GatewayServiceServicer_to_server(servicer, server):
 class GatewayService:
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -198,7 +206,8 @@ class GatewayService:
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |

@@ -29,8 +29,10 @@ GRPC_VERSION: str
 class GatewayServiceStub:
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -41,7 +43,8 @@ class GatewayServiceStub:
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
@@ -82,8 +85,10 @@ class GatewayServiceStub:
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -94,7 +99,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
@@ -131,8 +137,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the one contract internal services use to call LLM providers.
 
-    Authentication: send `authorization: Bearer <api key>` metadata. The tenant is
-    derived from the key.
+    Authentication: send `authorization: Bearer <api key>` metadata, exactly: the scheme
+    in any case, one space, the key as issued (printable ASCII, nothing trimmed). The
+    tenant is derived from the key. A call without a valid key is refused before its
+    request message is read.
 
     Errors are gRPC statuses carrying `google.rpc` details (never error strings inside
     responses). Every error carries a `google.rpc.ErrorInfo` with domain
@@ -143,7 +151,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     | UNAUTHENTICATED     | API_KEY_INVALID          |                                          |
     | PERMISSION_DENIED   | MODEL_NOT_ALLOWED        | metadata: model, tenant                  |
     | NOT_FOUND           | MODEL_NOT_FOUND          | metadata: model                          |
-    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations              |
+    | INVALID_ARGUMENT    | INVALID_REQUEST          | BadRequest field violations (none when   |
+    |                     |                          | the request message does not decode)     |
     | INVALID_ARGUMENT    | CONTEXT_WINDOW_EXCEEDED  | metadata: input_token_count,             |
     |                     |                          | max_tokens, context_window_token_count   |
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
