@@ -185,8 +185,9 @@ class DeadlineExceeded(GatewayError):
 class ProviderError(Exception):
     """An upstream attempt failed; ``failure_class`` drives retry and fallback.
 
-    The message must never contain secrets or the upstream's raw body beyond a short,
-    sanitised excerpt.
+    The message is the gateway's classification only (provider, HTTP status, failure
+    class, the provider's error type or code): callers see it in attempt details, so it
+    never holds upstream body text or a secret.
     """
 
     def __init__(

@@ -115,7 +115,7 @@ async def test_sigterm_reports_not_serving_and_lets_an_inflight_stream_finish(
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert await asyncio.wait_for(gw.proc.wait(), timeout=10) == 0
     logs = gw.logs()
-    assert '"msg": "stopped"' in logs
+    assert any(json.loads(line)["msg"] == "stopped" for line in logs.splitlines())
 
 
 async def test_provider_keys_never_appear_in_logs(upstream: FakeUpstream, tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ async def test_provider_keys_never_appear_in_logs(upstream: FakeUpstream, tmp_pa
         await asyncio.wait_for(gw.proc.wait(), timeout=10)
     logs = gw.logs()
     assert "attempt failed" in logs, "the failures were logged"
-    assert '"logger": "llmgateway.usage"' in logs
+    assert '"llmgateway.usage"' in logs
     for secret in ENV.values():
         assert secret not in logs
         assert secret[-12:] not in logs

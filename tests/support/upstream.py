@@ -64,9 +64,11 @@ __all__ = [
     "Behaviour",
     "ContentPolicy",
     "ContextTooLong",
+    "EchoHeaders",
     "Error",
     "FakeUpstream",
     "Hang",
+    "IgnoreStream",
     "MalformedSSE",
     "RecordedRequest",
     "Reset",
@@ -193,6 +195,30 @@ class StreamError:
     message: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EchoHeaders:
+    """An error whose body repeats the request's headers, provider key included, as some
+    proxies and misconfigured servers do. ``shape``: ``"typed"``, the provider's error
+    format with the headers in ``error.message``; ``"untyped"``, the same without
+    ``type``/``code``; ``"key_as_type"``, the bare key in ``error.type`` (and OpenAI's
+    ``error.code``) too; ``"text"``, a plain-text body of the headers. ``in_stream=True``
+    answers a streaming request 200 and then, before any content, an in-band error event
+    (``"text"`` sends it untyped).
+    """
+
+    status: int = 400
+    shape: Literal["typed", "untyped", "key_as_type", "text"] = "typed"
+    in_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IgnoreStream:
+    """Answer the whole non-streaming JSON body even when the request has ``"stream":
+    true``, as LiteLLM's Anthropic-compatible endpoint does for mocked models."""
+
+    text: str | None = None
+
+
 Behaviour: TypeAlias = (
     Respond
     | Error
@@ -203,6 +229,8 @@ Behaviour: TypeAlias = (
     | MalformedSSE
     | StopMidway
     | StreamError
+    | EchoHeaders
+    | IgnoreStream
 )
 
 
@@ -939,6 +967,14 @@ class FakeUpstream:
             return await self._respond(
                 ctx, plan, upto=behaviour.after_chunks, tail=b"", cut=not behaviour.clean_eof
             )
+        if isinstance(behaviour, EchoHeaders):
+            return await self._echo_headers(ctx, behaviour)
+        if isinstance(behaviour, IgnoreStream):
+            return web.Response(
+                body=self._full_body(ctx, self._plan(ctx, Respond(text=behaviour.text))),
+                content_type=_JSON_CONTENT_TYPE,
+                headers=self._id_headers(ctx.api, ctx.req_id),
+            )
         return await self._stream_error(ctx, behaviour)
 
     # -- successful answers ------------------------------------------------------------------
@@ -1322,6 +1358,36 @@ class FakeUpstream:
             "invalid_request_error",
             f"prompt is too long: {prompt} tokens > {limit} maximum",
             ctx.req_id,
+        )
+
+    async def _echo_headers(self, ctx: _Ctx, e: EchoHeaders) -> web.StreamResponse:
+        headers = ctx.request.headers
+        message = "Bad request. Request headers: " + "; ".join(
+            f"{name}: {value}" for name, value in headers.items()
+        )
+        bearer = headers.get("authorization", "")
+        key = headers.get("x-api-key") or (bearer[7:] if bearer.startswith("Bearer ") else bearer)
+        kind = {"typed": "invalid_request_error", "key_as_type": key}.get(e.shape)
+        error: dict[str, Any] = {"message": message}
+        if kind is not None:
+            error["type"] = kind
+            if ctx.api == "openai":
+                error["code"] = kind
+        if e.in_stream and ctx.stream:
+            if ctx.api == "anthropic":
+                event = {"type": "error", "error": error}
+                tail = f"event: error\ndata: {_dumps(event)}\n\n".encode()
+            else:
+                tail = f"data: {_dumps({'error': error})}\n\n".encode()
+            return await self._respond(ctx, self._plan(ctx, None), upto=0, tail=tail)
+        if e.shape == "text":
+            return web.Response(status=e.status, text=message, headers={"x-request-id": ctx.req_id})
+        body = {"type": "error", "error": error} if ctx.api == "anthropic" else {"error": error}
+        return web.Response(
+            status=e.status,
+            body=_dumps(body).encode(),
+            content_type=_JSON_CONTENT_TYPE,
+            headers=self._id_headers(ctx.api, ctx.req_id),
         )
 
     async def _stream_error(self, ctx: _Ctx, s: StreamError) -> web.StreamResponse:

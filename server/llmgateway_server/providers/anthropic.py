@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import orjson
@@ -14,13 +14,15 @@ from llmgateway_server.providers.base import (
     JSON_HEADERS,
     classify_status,
     encode_json,
+    error_token,
+    failure_detail,
+    is_json,
     malformed,
     post_json,
     raise_for_status,
-    sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import UpstreamClient, body_stream
+from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -68,6 +70,19 @@ def _usage(raw: dict[str, Any], output_tokens: int | None = None) -> Usage:
     )
 
 
+def _result(data: Any, model: str) -> UpstreamResult:
+    """A whole (non-streaming) message; KeyError/TypeError/... when malformed."""
+    text = "".join(
+        block.get("text", "") for block in data["content"] if block.get("type") == "text"
+    )
+    return UpstreamResult(
+        content=text,
+        finish_reason=_FINISH.get(data.get("stop_reason"), FinishReason.OTHER),
+        usage=_usage(data.get("usage") or {}),
+        upstream_model=str(data.get("model") or model),
+    )
+
+
 class AnthropicProvider:
     """Adapter for POST {base_url}/v1/messages, JSON and SSE."""
 
@@ -83,9 +98,11 @@ class AnthropicProvider:
         self.name = name
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/v1/messages")
+        # Kept only to make sure an error type echoing it is never shown (base.error_token).
+        self._api_key = api_key.reveal()
         self._headers = (
             *JSON_HEADERS,
-            ("x-api-key", api_key.reveal()),
+            ("x-api-key", self._api_key),
             ("anthropic-version", anthropic_version),
         )
 
@@ -129,28 +146,27 @@ class AnthropicProvider:
             headers=self._headers,
             timeout_s=call.timeout_s,
             provider=self.name,
+            api_key=self._api_key,
         )
         try:
-            text = "".join(
-                block.get("text", "") for block in data["content"] if block.get("type") == "text"
-            )
-            return UpstreamResult(
-                content=text,
-                finish_reason=_FINISH.get(data.get("stop_reason"), FinishReason.OTHER),
-                usage=_usage(data.get("usage") or {}),
-                upstream_model=str(data.get("model") or call.upstream_model),
-            )
+            return _result(data, call.upstream_model)
         except (*_MALFORMED, AttributeError) as exc:
             raise malformed(self.name, exc) from None
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
-        """Streaming message; ends with one UpstreamResult."""
+        """Streaming message; ends with one UpstreamResult.
+
+        A server that ignores ``stream`` and answers one JSON message (LiteLLM's
+        Anthropic-compatible endpoint does for mocked models) is relayed as one delta and
+        the result.
+        """
         parts: list[str] = []
         start_usage: dict[str, Any] = {}
         output_tokens: int | None = None
         finish = FinishReason.OTHER
         model = call.upstream_model
         stopped = False
+        whole: UpstreamResult | None = None
         try:
             async with (
                 self._client.post(
@@ -161,41 +177,42 @@ class AnthropicProvider:
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,
             ):
-                await raise_for_status(response, provider=self.name)
-                async for event, data in events:
-                    if event == "content_block_delta":
-                        delta = orjson.loads(data)["delta"]
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            parts.append(delta["text"])
-                            yield TextDelta(delta["text"])
-                    elif event == "message_start":
-                        message = orjson.loads(data)["message"]
-                        start_usage = message.get("usage") or {}
-                        model = message.get("model") or model
-                    elif event == "message_delta":
-                        payload = orjson.loads(data)
-                        reason = (payload.get("delta") or {}).get("stop_reason")
-                        if reason:
-                            finish = _FINISH.get(reason, FinishReason.OTHER)
-                        if payload.get("usage"):
-                            output_tokens = int(payload["usage"].get("output_tokens") or 0)
-                    elif event == "message_stop":
-                        stopped = True
-                        break
-                    elif event == "error":
-                        err = orjson.loads(data).get("error") or {}
-                        kind = str(err.get("type") or "")
-                        failure = classify_status(_ERROR_STATUS.get(kind, 500), code=kind)
-                        raise ProviderError(
-                            failure,
-                            f"{self.name}: stream error {kind} "
-                            f"{sanitize(str(err.get('message', '')))}".rstrip(),
-                        )
-                    # ping, content_block_start/stop and unknown events carry nothing we need
+                await raise_for_status(response, provider=self.name, api_key=self._api_key)
+                if is_json(response):
+                    whole = _result(orjson.loads(await read_body(response)), model)
+                else:
+                    async for event, data in events:
+                        if event == "content_block_delta":
+                            delta = orjson.loads(data)["delta"]
+                            if delta.get("type") == "text_delta" and delta.get("text"):
+                                parts.append(delta["text"])
+                                yield TextDelta(delta["text"])
+                        elif event == "message_start":
+                            message = orjson.loads(data)["message"]
+                            start_usage = message.get("usage") or {}
+                            model = message.get("model") or model
+                        elif event == "message_delta":
+                            payload = orjson.loads(data)
+                            reason = (payload.get("delta") or {}).get("stop_reason")
+                            if reason:
+                                finish = _FINISH.get(reason, FinishReason.OTHER)
+                            if payload.get("usage"):
+                                output_tokens = int(payload["usage"].get("output_tokens") or 0)
+                        elif event == "message_stop":
+                            stopped = True
+                            break
+                        elif event == "error":
+                            self._stream_error(orjson.loads(data).get("error"))
+                        # ping, content_block_start/stop and unknown events carry nothing
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
-        except _MALFORMED as exc:
+        except (*_MALFORMED, AttributeError) as exc:
             raise malformed(self.name, exc) from None
+        if whole is not None:
+            if whole.content:
+                yield TextDelta(whole.content)
+            yield whole
+            return
         if not stopped:
             raise ProviderError(FailureClass.TRANSIENT, f"{self.name}: stream ended early")
         yield UpstreamResult(
@@ -204,6 +221,14 @@ class AnthropicProvider:
             usage=_usage(start_usage, output_tokens) if start_usage or output_tokens else None,
             upstream_model=model,
         )
+
+    def _stream_error(self, error: Any) -> NoReturn:
+        """An ``error`` event inside the stream: classified by its type, which is the only
+        part of it shown; its message never is."""
+        kind = error.get("type") if isinstance(error, dict) else None
+        token = error_token(kind, api_key=self._api_key)
+        failure = classify_status(_ERROR_STATUS.get(token, 500), code=token)
+        raise ProviderError(failure, failure_detail(self.name, failure, code=token))
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -1,4 +1,12 @@
-"""The provider interface and the failure classification every adapter shares."""
+"""The provider interface and the failure classification every adapter shares.
+
+What a caller may see of a failed attempt (``ProviderError.message``, copied to the
+attempt's detail and to error messages) is the gateway's classification only: the HTTP
+status, the failure class and the provider's error type/code when it is a short token.
+Never upstream body text: an upstream that repeats the request's headers in its error
+message would otherwise hand the provider key to every caller. The message is read here,
+to classify, and goes no further.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +23,8 @@ from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.http import UpstreamClient, read_body
 from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
 
-_SECRET_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-*.]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
-_MAX_DETAIL = 200
+# The shape of a provider's error type/code ("rate_limit_error", "context_length_exceeded").
+_ERROR_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 JSON_HEADERS = (
     ("content-type", "application/json"),
     ("accept", "application/json"),
@@ -50,9 +58,30 @@ class Provider(Protocol):
         ...
 
 
-def sanitize(message: str) -> str:
-    """Shorten an upstream message and blank anything shaped like a credential."""
-    return _SECRET_LIKE.sub("[redacted]", message)[:_MAX_DETAIL]
+def error_token(value: object, *, api_key: str | None = None) -> str:
+    """The provider's error type/code if it is safe to show a caller, else "".
+
+    Safe means a short token (1 to 64 letters, digits, ``_``, ``.``, ``-``) that neither is
+    part of nor contains the key this provider sends: a hostile upstream could echo the key
+    there too.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or _ERROR_TOKEN.fullmatch(value) is None:
+        return ""
+    if api_key and (value in api_key or api_key in value):
+        return ""
+    return value
+
+
+def failure_detail(
+    provider: str, failure: FailureClass, *, status: int | None = None, code: str = ""
+) -> str:
+    """A failed attempt as callers see it: ``openai: HTTP 429 RATE_LIMITED rate_limit_exceeded``
+    (``stream error`` instead of the status for an error event inside a stream).
+    ``code`` must come from ``error_token``."""
+    where = f"HTTP {status}" if status is not None else "stream error"
+    return f"{provider}: {where} {failure.value} {code}".rstrip()
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -92,6 +121,7 @@ def classify_status(status: int, *, code: str = "", message: str = "") -> Failur
     if status in (400, 404, 413, 422):
         if (
             "context_length" in lowered
+            or "maximum context length" in lowered  # vLLM: no code, only this message
             or "prompt is too long" in lowered
             or "too many tokens" in lowered
         ):
@@ -111,25 +141,26 @@ def http_error(
     provider: str,
     code: str = "",
     message: str = "",
+    api_key: str | None = None,
 ) -> ProviderError:
-    """Build the ProviderError for an HTTP error response."""
+    """Build the ProviderError for an HTTP error response: ``code`` and ``message`` (the
+    upstream's words) classify it; only ``code``, if it is a safe token, is shown."""
     failure = classify_status(status, code=code, message=message)
-    if failure is FailureClass.CREDENTIAL:
-        detail = f"{provider}: HTTP {status} credential rejected"  # never echo key hints
-    else:
-        detail = f"{provider}: HTTP {status} {sanitize(code or message)}".rstrip()
     return ProviderError(
         failure,
-        detail,
+        failure_detail(provider, failure, status=status, code=error_token(code, api_key=api_key)),
         status_code=status,
         retry_after_s=parse_retry_after(headers),
     )
 
 
-async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
+async def raise_for_status(
+    response: httpx.Response, *, provider: str, api_key: str | None = None
+) -> None:
     """Raise the classified ProviderError for an error response (OpenAI or Anthropic body).
 
-    Both formats put ``{"error": {"type", "message", "code"?}}`` in the body.
+    Both formats put ``{"error": {"type", "message", "code"?}}`` in the body. ``api_key`` is
+    the key this provider sent, never shown even if the upstream puts it in ``code``.
     """
     if response.status_code < 400:
         return
@@ -138,13 +169,28 @@ async def raise_for_status(response: httpx.Response, *, provider: str) -> None:
     try:
         err = orjson.loads(raw).get("error") or {}
         if isinstance(err, dict):
-            code = str(err.get("code") or err.get("type") or "")
+            # OpenAI's code is the finer token; vLLM puts the HTTP status there, a number.
+            fine = err.get("code")
+            code = str((fine if isinstance(fine, str) else None) or err.get("type") or "")
             message = str(err.get("message") or "")
+        elif isinstance(err, str):  # {"error": "..."}, as Ollama and some proxies answer
+            message = err
     except (ValueError, AttributeError):
-        message = raw[:200].decode("utf-8", "replace")
+        message = raw[:200].decode("utf-8", "replace")  # to classify, never to show
     raise http_error(
-        response.status_code, response.headers, provider=provider, code=code, message=message
+        response.status_code,
+        response.headers,
+        provider=provider,
+        code=code,
+        message=message,
+        api_key=api_key,
     )
+
+
+def is_json(response: httpx.Response) -> bool:
+    """Whether the response says its body is JSON (``application/json``, any parameters)."""
+    media_type = str(response.headers.get("content-type", "")).partition(";")[0]
+    return media_type.strip().lower() == "application/json"
 
 
 def transport_error(provider: str, exc: httpx.HTTPError) -> ProviderError:
@@ -180,13 +226,14 @@ async def post_json(
     headers: Sequence[tuple[str, str]],
     timeout_s: float,
     provider: str,
+    api_key: str | None = None,
 ) -> Any:
     """POST a JSON body and return the parsed JSON answer, or raise a ProviderError."""
     try:
         async with client.post(
             url, headers=headers, body=encode_json(body), timeout_s=timeout_s
         ) as response:
-            await raise_for_status(response, provider=provider)
+            await raise_for_status(response, provider=provider, api_key=api_key)
             return orjson.loads(await read_body(response))
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from None

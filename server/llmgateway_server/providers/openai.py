@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import orjson
@@ -13,13 +13,15 @@ from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.base import (
     JSON_HEADERS,
     encode_json,
+    error_token,
+    failure_detail,
+    is_json,
     malformed,
     post_json,
     raise_for_status,
-    sanitize,
     transport_error,
 )
-from llmgateway_server.providers.http import UpstreamClient, body_stream
+from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
@@ -59,6 +61,17 @@ def _finish(value: Any) -> FinishReason:
     return _FINISH.get(value, FinishReason.OTHER) if value else FinishReason.STOP
 
 
+def _result(data: Any, model: str) -> UpstreamResult:
+    """A whole (non-streaming) chat completion; KeyError/TypeError/... when malformed."""
+    choice = data["choices"][0]
+    return UpstreamResult(
+        content=choice["message"].get("content") or "",
+        finish_reason=_finish(choice.get("finish_reason")),
+        usage=_usage(data.get("usage")),
+        upstream_model=str(data.get("model") or model),
+    )
+
+
 class OpenAIProvider:
     """Adapter for POST {base_url}/chat/completions, JSON and SSE."""
 
@@ -75,8 +88,10 @@ class OpenAIProvider:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
         headers = [*JSON_HEADERS]
-        if api_key is not None:
-            headers.append(("authorization", f"Bearer {api_key.reveal()}"))
+        # Kept only to make sure an error code echoing it is never shown (base.error_token).
+        self._api_key = api_key.reveal() if api_key is not None else None
+        if self._api_key is not None:
+            headers.append(("authorization", f"Bearer {self._api_key}"))
         self._headers = tuple(headers)
         self._stream_usage = stream_usage
 
@@ -113,24 +128,24 @@ class OpenAIProvider:
             headers=self._headers,
             timeout_s=call.timeout_s,
             provider=self.name,
+            api_key=self._api_key,
         )
         try:
-            choice = data["choices"][0]
-            return UpstreamResult(
-                content=choice["message"].get("content") or "",
-                finish_reason=_finish(choice.get("finish_reason")),
-                usage=_usage(data.get("usage")),
-                upstream_model=str(data.get("model") or call.upstream_model),
-            )
+            return _result(data, call.upstream_model)
         except (*_MALFORMED, IndexError, AttributeError) as exc:
             raise malformed(self.name, exc) from None
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
-        """Streaming chat completion; ends with one UpstreamResult."""
+        """Streaming chat completion; ends with one UpstreamResult.
+
+        A server that ignores ``stream`` and answers one JSON completion (some proxies do)
+        is relayed as one delta and the result.
+        """
         parts: list[str] = []
         finish: FinishReason | None = None
         usage: Usage | None = None
         model = call.upstream_model
+        whole: UpstreamResult | None = None
         try:
             async with (
                 self._client.post(
@@ -141,42 +156,54 @@ class OpenAIProvider:
                 ) as response,
                 aclosing(iter_sse(body_stream(response))) as events,
             ):
-                await raise_for_status(response, provider=self.name)
-                async for _event, data in events:
-                    if data == "[DONE]":
-                        break
-                    chunk = orjson.loads(data)
-                    if chunk.get("error"):
-                        err = chunk["error"]
-                        raise ProviderError(
-                            FailureClass.TRANSIENT,
-                            f"{self.name}: stream error {sanitize(str(err.get('message', '')))}",
-                        )
-                    model = chunk.get("model") or model
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"])
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            parts.append(text)
-                            yield TextDelta(text)
-                        if choice.get("finish_reason"):
-                            finish = _finish(choice["finish_reason"])
+                await raise_for_status(response, provider=self.name, api_key=self._api_key)
+                if is_json(response):
+                    whole = _result(orjson.loads(await read_body(response)), model)
                 else:
-                    # The body ended without [DONE]: the stream was cut off.
-                    if finish is None:
-                        raise ProviderError(
-                            FailureClass.TRANSIENT, f"{self.name}: stream ended early"
-                        )
+                    async for _event, data in events:
+                        if data == "[DONE]":
+                            break
+                        chunk = orjson.loads(data)
+                        if chunk.get("error"):
+                            self._stream_error(chunk["error"])
+                        model = chunk.get("model") or model
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"])
+                        for choice in chunk.get("choices") or ():
+                            text = (choice.get("delta") or {}).get("content")
+                            if text:
+                                parts.append(text)
+                                yield TextDelta(text)
+                            if choice.get("finish_reason"):
+                                finish = _finish(choice["finish_reason"])
+                    else:
+                        # The body ended without [DONE]: the stream was cut off.
+                        if finish is None:
+                            raise ProviderError(
+                                FailureClass.TRANSIENT, f"{self.name}: stream ended early"
+                            )
         except httpx.HTTPError as exc:
             raise transport_error(self.name, exc) from None
-        except _MALFORMED as exc:
+        except (*_MALFORMED, IndexError, AttributeError) as exc:
             raise malformed(self.name, exc) from None
+        if whole is not None:
+            if whole.content:
+                yield TextDelta(whole.content)
+            yield whole
+            return
         yield UpstreamResult(
             content="".join(parts),
             finish_reason=finish or FinishReason.STOP,
             usage=usage,
             upstream_model=model,
+        )
+
+    def _stream_error(self, error: Any) -> NoReturn:
+        """An error event inside the stream: classified, its message never shown."""
+        code = error.get("code") or error.get("type") if isinstance(error, dict) else None
+        token = error_token(code, api_key=self._api_key)
+        raise ProviderError(
+            FailureClass.TRANSIENT, failure_detail(self.name, FailureClass.TRANSIENT, code=token)
         )
 
     async def aclose(self) -> None:
