@@ -14,7 +14,9 @@ from typing import Any, Literal
 import workload
 import yaml
 
-Transport = Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"]
+# The selectable transports (server.http_transport); the libraries measured beside h1 are
+# in bench/http_client_cpu.py, as candidates.
+Transport = Literal["h1"]
 Loop = Literal["asyncio", "uvloop"]
 
 

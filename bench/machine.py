@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("grpcio", "protobuf", "aiohttp", "httptools", "httpx", "httpx-aiohttp", "uvloop")
+PACKAGES = ("grpcio", "protobuf", "aiohttp", "httptools", "httpx", "uvloop")
 
 
 def _git(repo: Path, *args: str) -> str:

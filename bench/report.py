@@ -97,11 +97,11 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "## HTTP transport × event loop (the gateway, every policy on)",
         "",
-        "httpx's API in every case; underneath, the gateway's own HTTP/1.1 client "
-        "(`h1`: `providers/h1_transport.py`, asyncio protocols and httptools' llhttp "
-        "parser), its aiohttp transport (`providers/aiohttp_transport.py`), the "
-        "`httpx-aiohttp` package's transport, or httpx's default transport (httpcore); "
-        "the default asyncio loop or uvloop "
+        "httpx's API over the gateway's own HTTP/1.1 client (`h1`: "
+        "`providers/h1_transport.py`, asyncio protocols and httptools' llhttp parser), the "
+        "only selectable transport (the libraries measured beside it failed the "
+        "hostile-upstream suite; their CPU per request is in `bench/http_client_cpu.py`), "
+        "on the default asyncio loop or uvloop "
         "(`server.http_transport`, `server.event_loop`). Ratios are to the bare relay in "
         "the same run.",
         "",

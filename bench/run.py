@@ -42,12 +42,6 @@ DEFAULT = Variant()
 VARIANTS = (
     DEFAULT,
     Variant(loop="asyncio"),
-    Variant(transport="aiohttp"),
-    Variant(transport="aiohttp", loop="asyncio"),
-    Variant(transport="httpx"),
-    Variant(transport="httpx", loop="asyncio"),
-    Variant(transport="httpx-aiohttp"),
-    Variant(transport="httpx-aiohttp", loop="asyncio"),
     Variant(log_level="info", access_log=True),
 )
 # Memory only: prompts estimated, so tiktoken's cl100k_base tables are never loaded.

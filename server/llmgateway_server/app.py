@@ -26,7 +26,9 @@ from llmgateway_server.config import (
     OpenAICompatibleProviderConfig,
     OpenAIProviderConfig,
     ProviderConfig,
+    resolve_proxies,
 )
+from llmgateway_server.errors import ConfigError
 from llmgateway_server.gateway import Gateway
 from llmgateway_server.pipeline import Pipeline, Policy
 from llmgateway_server.pipeline.context_window import ContextWindowPolicy
@@ -37,6 +39,8 @@ from llmgateway_server.providers.base import Provider
 from llmgateway_server.providers.http import HttpTransportName, build_upstream_client
 from llmgateway_server.providers.mock import MockProvider
 from llmgateway_server.providers.openai import OpenAIProvider
+from llmgateway_server.providers.proxy import ProxyRoute
+from llmgateway_server.providers.tls import TlsSettings
 from llmgateway_server.routes import build_routes
 from llmgateway_server.routing import Router
 from llmgateway_server.secrets import Secret
@@ -52,9 +56,14 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_na
 
 
 def build_provider(
-    name: str, config: ProviderConfig, key: Secret | None, transport: HttpTransportName
+    name: str,
+    config: ProviderConfig,
+    key: Secret | None,
+    transport: HttpTransportName,
+    *,
+    proxy: ProxyRoute | None = None,
 ) -> Provider:
-    """One provider adapter with its own connection pool."""
+    """One provider adapter with its own connection pool (through ``proxy`` when set)."""
     if isinstance(config, MockProviderConfig):
         return MockProvider(
             name,
@@ -63,13 +72,22 @@ def build_provider(
             words_per_chunk=config.words_per_chunk,
             reply=config.reply,
         )
-    client = build_upstream_client(
-        transport=transport,
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_keepalive_connections,
-        keepalive_expiry_s=config.keepalive_expiry_s,
-        connect_timeout_s=config.connect_timeout_s,
-    )
+    try:
+        client = build_upstream_client(
+            transport=transport,
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_keepalive_connections,
+            keepalive_expiry_s=config.keepalive_expiry_s,
+            connect_timeout_s=config.connect_timeout_s,
+            proxy=proxy,
+            tls=TlsSettings(
+                ca_bundle=config.ca_bundle,
+                client_cert=config.client_cert,
+                client_key=config.client_key,
+            ),
+        )
+    except ConfigError as exc:  # a PEM file that does not load: name the provider
+        raise ConfigError(f"providers.{name}: {exc}") from None
     if isinstance(config, AnthropicProviderConfig):
         assert key is not None, "config validation requires an anthropic key"
         return AnthropicProvider(
@@ -107,12 +125,18 @@ def build_components(
     *,
     clock: Clock | None = None,
     ledger: UsageLedger | None = None,
+    proxies: Mapping[str, ProxyRoute | None] | None = None,
 ) -> Components:
-    """Wire the gateway from a validated config and the resolved secrets."""
+    """Wire the gateway from a validated config and the resolved secrets.
+
+    ``proxies``: each provider's HTTP proxy; by default ``resolve_proxies(config)``, which
+    reads the proxy variables of the environment for providers that set ``trust_env``.
+    """
     clock = clock or SystemClock()
     transport = config.server.http_transport
+    proxies = resolve_proxies(config) if proxies is None else proxies
     providers = {
-        name: build_provider(name, pc, provider_keys.get(name), transport)
+        name: build_provider(name, pc, provider_keys.get(name), transport, proxy=proxies.get(name))
         for name, pc in config.providers.items()
     }
     tokenizers = Tokenizers(config.tokenizer.encodings_dir)

@@ -7,7 +7,12 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from llmgateway_server.config import GatewayConfig, load_config, resolve_secrets
+from llmgateway_server.config import (
+    GatewayConfig,
+    load_config,
+    resolve_secrets,
+    secret_values,
+)
 from llmgateway_server.errors import ConfigError
 
 
@@ -21,9 +26,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     provider_keys, tenant_keys = resolve_secrets(config)
-    configure_logging(
-        config.server.log_level, [k.reveal() for k in provider_keys.values() if k is not None]
-    )
+    logs = configure_logging(config.server.log_level, secret_values(config))
     if config.server.event_loop == "uvloop":
         import uvloop
 
@@ -33,7 +36,10 @@ def _run(args: argparse.Namespace) -> int:
         components = build_components(config, provider_keys, tenant_keys)
         await serve(config, components, listen=args.listen)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        logs.stop()  # the listener thread writes every queued record before we exit
     return 0
 
 

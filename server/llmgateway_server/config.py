@@ -21,6 +21,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmgateway_server.errors import ConfigError
+from llmgateway_server.providers.proxy import (
+    PROXY_ENVIRONMENT,
+    ProxyRoute,
+    environment_proxy,
+    parse_proxy_url,
+)
 from llmgateway_server.secrets import Secret
 
 NANO_PER_USD = 1_000_000_000
@@ -98,6 +104,30 @@ class _ProviderBase(_Strict):
     max_keepalive_connections: int = Field(default=128, ge=0, le=10_000)
     keepalive_expiry_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # Upstream HTTP (README, "Upstream HTTP: proxies, CAs, mTLS"). ``proxy``: an http://
+    # proxy URL without credentials (a proxy password is a secret: it may come only from
+    # the environment, with ``trust_env``). ``trust_env``: honour HTTPS_PROXY, HTTP_PROXY,
+    # ALL_PROXY and NO_PROXY (either case). ``ca_bundle``: a PEM file of CAs trusted in
+    # addition to the public ones. ``client_cert``/``client_key``: PEM files for mTLS (the
+    # key may be in the certificate file).
+    proxy: str | None = None
+    trust_env: bool = False
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @model_validator(mode="after")
+    def _upstream_http(self) -> _ProviderBase:
+        if self.proxy is not None and self.trust_env:
+            raise ValueError("set proxy or trust_env, not both")
+        if self.proxy is not None:
+            try:
+                parse_proxy_url(self.proxy, what="proxy", credentials_allowed=False)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
+        return self
 
 
 class _KeyedProvider(_ProviderBase):
@@ -295,11 +325,10 @@ class ServerConfig(_Strict):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_concurrent_rpcs: int | None = Field(default=None, ge=1)
-    # h1: the gateway's own HTTP/1.1 client, the least CPU and latency per upstream call
-    # in the benchmark (bench/RESULTS.md); aiohttp (the gateway's httpx transport over
-    # aiohttp), httpx's default and the httpx-aiohttp package (an optional extra) stay
-    # selectable, and measured.
-    http_transport: Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"] = "h1"
+    # h1: the gateway's own HTTP/1.1 client, the only client measured that passes the
+    # hostile-upstream suite (tests/integration/test_hostile_upstream.py); aiohttp, httpx's
+    # default transport and pyreqwest failed cases of it (README, "Upstream HTTP").
+    http_transport: Literal["h1"] = "h1"
     # uvloop: less CPU per unary call and per relayed stream, and lower added latency,
     # than the default asyncio loop in the same benchmark run (bench/RESULTS.md).
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
@@ -484,3 +513,45 @@ def resolve_secrets(
                 raise ConfigError(f"auth.tenants.{tenant.name}: an API key is shared by tenants")
             tenant_keys[digest] = tenant.name
     return provider_keys, tenant_keys
+
+
+def resolve_proxies(
+    config: GatewayConfig, environ: Mapping[str, str] | None = None
+) -> dict[str, ProxyRoute | None]:
+    """The HTTP proxy of each provider (None: direct), decided once at start-up.
+
+    ``proxy`` when set; with ``trust_env``, what HTTPS_PROXY/HTTP_PROXY/ALL_PROXY name for
+    the provider's ``base_url`` unless NO_PROXY exempts it (providers/proxy.py has the
+    rules). Only those variables are read, and only for providers that set ``trust_env``.
+    """
+    env = os.environ if environ is None else environ
+    routes: dict[str, ProxyRoute | None] = {}
+    for name, provider in config.providers.items():
+        if isinstance(provider, MockProviderConfig):
+            continue
+        if provider.proxy is not None:
+            routes[name] = parse_proxy_url(
+                provider.proxy, what=f"providers.{name}.proxy", credentials_allowed=False
+            )
+        elif provider.trust_env:
+            proxy_env = {key: env[key] for key in PROXY_ENVIRONMENT if key in env}
+            try:
+                routes[name] = environment_proxy(provider.base_url, proxy_env)
+            except ConfigError as exc:
+                raise ConfigError(f"providers.{name}.trust_env: {exc}") from None
+        else:
+            routes[name] = None
+    return routes
+
+
+def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret value the config references (provider keys, tenant keys read from
+    the environment), for the log redactor: none of them may appear in a log line."""
+    env = os.environ if environ is None else environ
+    provider_keys, _ = resolve_secrets(config, env)
+    values = [key.reveal() for key in provider_keys.values() if key is not None]
+    for tenant in config.auth.tenants:
+        if tenant.api_key_env is not None:
+            what = f"auth.tenants.{tenant.name}"
+            values.append(_read_secret(tenant.api_key_env, None, env, what).reveal())
+    return values

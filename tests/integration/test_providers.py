@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from llmgateway.v1 import gateway_pb2 as pb
+from llmgateway_server.providers.http import HttpTransportName
 
 from tests.support.configs import ANTHROPIC_KEY, ENV, OPENAI_KEY, providers_config
 from tests.support.gateway import running_gateway, system, user
@@ -160,7 +163,7 @@ async def test_length_finish_reason_is_reported(upstream: FakeUpstream) -> None:
     assert reply.completion.usage.output_token_count == 3
 
 
-@pytest.mark.parametrize("transport", ["h1", "aiohttp", "httpx", "httpx-aiohttp"])
+@pytest.mark.parametrize("transport", get_args(HttpTransportName))
 async def test_every_http_transport_relays_streams_and_closes_on_cancel(
     upstream: FakeUpstream, transport: str
 ) -> None:

@@ -26,11 +26,13 @@ from types import TracebackType
 
 @dataclass(frozen=True)
 class RawRequest:
-    """One request as it arrived: request line, headers (lower-cased names), body."""
+    """One request as it arrived: request line, headers (lower-cased names), body, and
+    the index of the connection it came on (in ``RawServer.connections``)."""
 
     line: str
     headers: dict[str, str]
     body: bytes
+    connection: int = 0
 
 
 @dataclass
@@ -41,12 +43,29 @@ class RawConnection:
     writer: asyncio.StreamWriter
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     sent_bytes: int = 0
+    requests: list[RawRequest] = field(default_factory=list)
 
     async def send(self, data: bytes) -> None:
         """Write and drain (blocks while the client does not read)."""
         self.writer.write(data)
         await self.writer.drain()
         self.sent_bytes += len(data)
+
+    async def send_repeated(self, piece: bytes, total: int) -> None:
+        """Send ``piece`` over and over, ``total`` bytes in all, without ever holding
+        them all: the way to offer a client 64 MiB and see how much of it it read
+        (``sent_bytes``) before it hung up (ConnectionError)."""
+        left = total
+        while left > 0:
+            part = piece if left >= len(piece) else piece[:left]
+            await self.send(part)
+            left -= len(part)
+
+    async def trickle(self, data: bytes, *, every_s: float) -> None:
+        """Send ``data`` one byte at a time, ``every_s`` apart (a slow-loris server)."""
+        for i in range(len(data)):
+            await self.send(data[i : i + 1])
+            await asyncio.sleep(every_s)
 
     def close(self) -> None:
         """FIN."""
@@ -62,7 +81,7 @@ class RawConnection:
 Answer = Callable[[RawConnection, RawRequest], Awaitable[bool]]
 
 
-async def _read_request(reader: asyncio.StreamReader) -> RawRequest | None:
+async def _read_request(reader: asyncio.StreamReader, connection: int) -> RawRequest | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -74,7 +93,7 @@ async def _read_request(reader: asyncio.StreamReader) -> RawRequest | None:
             name, _, value = raw.partition(":")
             headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return RawRequest(line=line, headers=headers, body=body)
+    return RawRequest(line=line, headers=headers, body=body, connection=connection)
 
 
 class RawServer:
@@ -105,9 +124,11 @@ class RawServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = RawConnection(reader, writer)
         self.connections.append(conn)
+        index = len(self.connections) - 1
         try:
-            while (request := await _read_request(reader)) is not None:
+            while (request := await _read_request(reader, index)) is not None:
                 self.requests.append(request)
+                conn.requests.append(request)
                 self._arrived.set()
                 if not await self._answer(conn, request):
                     break

@@ -6,7 +6,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from llmgateway_server.config import load_config, parse_config, resolve_secrets, usd_to_nano
+from llmgateway_server.config import (
+    load_config,
+    parse_config,
+    resolve_secrets,
+    secret_values,
+    usd_to_nano,
+)
 from llmgateway_server.errors import ConfigError
 
 BASE = """
@@ -175,3 +181,14 @@ def test_circuit_breaker_ratio_settings_parse_and_default_off() -> None:
     defaults = parse_config(BASE).defaults.circuit_breaker
     assert defaults.failure_ratio is None
     assert (defaults.failure_threshold, defaults.cooldown_s) == (5, 30.0)
+
+
+def test_every_referenced_secret_value_is_handed_to_the_log_redactor() -> None:
+    text = BASE.replace(
+        "  anonymous_tenant: local",
+        "  tenants:\n    - name: team\n      api_key_env: TEAM_KEY",
+    )
+    values = secret_values(
+        parse_config(text), environ={"TEST_OPENAI_KEY": "k3y!", "TEAM_KEY": "tenant-key-1"}
+    )
+    assert sorted(values) == ["k3y!", "tenant-key-1"]

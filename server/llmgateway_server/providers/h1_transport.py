@@ -1,17 +1,31 @@
 """The gateway's own HTTP/1.1 client: asyncio protocols, httptools' parser, httpx's types.
 
-Why it exists: aiohttp's request machinery costs about 160 µs of CPU per request on
-this machine kind, and a raw asyncio protocol with the same C parser (llhttp, through
-httptools) about 50 µs; on a gateway whose whole added latency budget is 1.5 ms that
-difference is the largest single item (bench/RESULTS.md). It does only what talking to
-an LLM provider needs, and does it strictly:
+Why it exists, and is the default: it is the only client measured that passes the
+hostile-upstream suite (tests/integration/test_hostile_upstream.py); aiohttp, httpx's
+default transport and pyreqwest each fail cases of it that cannot be fixed from outside
+them (README, "Upstream HTTP"). It is also among the cheapest: about as much CPU per
+request as pyreqwest's Rust client, less per streamed chunk, and well under aiohttp's
+and httpx's (bench/http_client_cpu.py). It does only what talking to an LLM
+provider needs, and does it strictly:
 
 - HTTP/1.1 with keep-alive, one request per connection at a time (no pipelining);
-  bodies by Content-Length, chunked transfer coding, or until the server closes;
-  informational (1xx) responses skipped; TLS with httpx's trust store.
+  bodies by Content-Length, chunked transfer coding (and no other: a Transfer-Encoding
+  that is not exactly ``chunked`` is refused), or until the server closes; informational
+  (1xx) responses skipped; TLS with the provider's trust store (providers/tls.py).
+- A response ends where its framing says: any byte after it (a body longer than its
+  Content-Length, an unrequested second response) is never parsed into the exchange, and
+  the connection is closed instead of reused. Bytes on an idle connection close it too.
+- The response head is bounded as it arrives, before the parser buffers it: at most
+  64 KiB for the status line and headers (1xx heads included; this bounds the reason
+  phrase and every header value) and at most 100 headers.
+- Request headers are checked (http_rules.check_request_headers) before anything is sent.
 - One pool per transport, bounded like httpx's (``max_connections``,
   ``max_keepalive_connections``, ``keepalive_expiry``); a connection the server closed
-  while idle is dropped as soon as the loop sees it, never handed out.
+  while idle is dropped as soon as the loop sees it, never handed out; an idle connection
+  is closed by a timer when its keep-alive expiry passes, not at the next use.
+- An HTTP proxy when configured (providers/proxy.py): https origins through a CONNECT
+  tunnel, http origins with absolute-form requests, ``Proxy-Authorization`` when the proxy
+  URL carried credentials.
 - One timer per exchange (``total_timeout_s``: waiting for a connection, sending, and
   reading the body to its end), not one per read.
 - A response closed before its body ended (the caller went away) aborts its
@@ -21,10 +35,11 @@ an LLM provider needs, and does it strictly:
 - A reader that leaves cleanly before the body's end (an SSE stream read to its
   ``[DONE]``) can ``linger``: the connection is kept if the last bytes follow within a
   grace period, instead of paying a new connection (and TLS handshake) next time.
-- Failures are httpx's errors: ``ConnectError``/``ConnectTimeout``, ``PoolTimeout``,
-  ``ReadTimeout``, ``ReadError`` (a reset), ``RemoteProtocolError`` (a malformed
-  response or one cut short), ``LocalProtocolError`` (a header that would break the
-  request).
+- Failures are httpx's errors: ``ConnectError``/``ConnectTimeout`` (``ProxyError`` when
+  the proxy refuses the tunnel), ``PoolTimeout`` (no connection became free: local
+  saturation), ``ReadTimeout``, ``ReadError`` (a reset), ``RemoteProtocolError`` (a
+  malformed, oversized or cut-short response), ``LocalProtocolError`` (a header that
+  would break the request).
 
 ``HEAD`` and ``CONNECT`` are refused: their responses need framing rules the gateway
 never uses.
@@ -37,10 +52,19 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from typing import NoReturn, cast
 
 import httptools
 import httpx
+
+from llmgateway_server.providers.http_rules import (
+    MAX_BODY_BYTES,
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    check_request_headers,
+)
+from llmgateway_server.providers.proxy import ProxyRoute
+from llmgateway_server.providers.tls import TlsSettings, client_ssl_context
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -48,32 +72,43 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Unread body bytes above which the socket stops being read, and below which it resumes.
 _PAUSE_ABOVE = 256 * 1024
 _RESUME_BELOW = 64 * 1024
-_MAX_READ_BYTES = 64 * 1024 * 1024
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "host"})
+_FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "host", "proxy-authorization"}
+)
 
 
 def _request_head(
-    method: str, url: httpx.URL, headers: Sequence[tuple[str, str]], length: int
+    method: str,
+    url: httpx.URL,
+    headers: Sequence[tuple[str, str]],
+    length: int,
+    *,
+    proxy_authorization: str | None,
+    absolute_form: bool,
 ) -> bytes:
-    """Request line and headers, with Host and Content-Length set here."""
+    """Request line and headers, with Host and Content-Length set here (and, through a
+    forward proxy, the absolute-form target and Proxy-Authorization)."""
+    check_request_headers(headers)
     host = url.netloc.decode("ascii")
-    lines = [f"{method} {url.raw_path.decode('ascii')} HTTP/1.1\r\n"]
+    target = url.raw_path.decode("ascii")
+    if absolute_form:
+        target = f"{url.scheme}://{host}{target}"
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
     for name, value in headers:
         lowered = name.lower()
         if lowered in _FRAMING_HEADERS:
             if lowered == "host":
                 host = value
-            continue  # framing is the transport's job
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise httpx.LocalProtocolError(f"invalid header {name!r}")
+            continue  # framing (and the proxy's credentials) is the transport's job
         lines.append(f"{name}: {value}\r\n")
-    if "\r" in host or "\n" in host:
-        raise httpx.LocalProtocolError("invalid host header")
+    if proxy_authorization is not None:
+        lines.append(f"proxy-authorization: {proxy_authorization}\r\n")
     lines.append(f"host: {host}\r\ncontent-length: {length}\r\n\r\n")
-    try:
-        return "".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        raise httpx.LocalProtocolError("a header is not latin-1") from None
+    return "".join(lines).encode("latin-1")
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the exchange already says why."""
 
 
 class _Exchange(httpx.AsyncByteStream):
@@ -87,6 +122,7 @@ class _Exchange(httpx.AsyncByteStream):
         "_connection",
         "_eof_body",
         "_error",
+        "_header_count",
         "_informational",
         "_keep_alive",
         "_lingering",
@@ -94,6 +130,7 @@ class _Exchange(httpx.AsyncByteStream):
         "_paused",
         "_timer",
         "_waiter",
+        "head_bytes",
         "headers",
         "parser",
         "status",
@@ -107,6 +144,8 @@ class _Exchange(httpx.AsyncByteStream):
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0  # bytes fed to the parser before the final head ended
+        self._header_count = 0
         self._eof_body = True  # until a Content-Length or chunked coding says otherwise
         self._informational = False
         self._chunks: deque[bytes] = deque()
@@ -122,12 +161,26 @@ class _Exchange(httpx.AsyncByteStream):
 
     # -- httptools callbacks (called from data_received, in the event loop) -------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # Bytes after the response ended: never part of this exchange, and the
+            # connection's framing can no longer be trusted (the connection aborts it).
+            raise _Refused
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS:
+            self._refuse(f"the response has more than {MAX_HEADERS} headers")
         self.headers.append((name, value))
         lowered = name.lower()
-        if lowered == b"content-length" or (
-            lowered == b"transfer-encoding" and b"chunked" in value.lower()
-        ):
+        if lowered == b"content-length":
+            self._eof_body = False
+        elif lowered == b"transfer-encoding":
+            # Only a lone "chunked" is understood; "chunked, gzip" or "gzip" would leave
+            # the body delimited by the close and still encoded. A second
+            # Transfer-Encoding header is refused too (it would mean "chunked, chunked").
+            if value.strip().lower() != b"chunked" or not self._eof_body:
+                self._refuse("unsupported transfer-encoding in the response")
             self._eof_body = False
 
     def on_headers_complete(self) -> None:
@@ -135,6 +188,7 @@ class _Exchange(httpx.AsyncByteStream):
         if 100 <= status < 200:  # 100 Continue and the like: the real response follows
             self._informational = True
             self.headers = []
+            self._header_count = 0
             return
         self.status = status
         if status in (204, 304):
@@ -159,6 +213,10 @@ class _Exchange(httpx.AsyncByteStream):
         self._keep_alive = self.parser.should_keep_alive()
         self._finish()
 
+    def _refuse(self, reason: str) -> NoReturn:
+        self.fail(httpx.RemoteProtocolError(reason))
+        raise _Refused
+
     # -- events from the connection and the timer ---------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -171,6 +229,15 @@ class _Exchange(httpx.AsyncByteStream):
             self.fail(httpx.ReadError(f"connection lost: {exc}"))
         elif self.status:
             self.fail(httpx.RemoteProtocolError("the server closed the connection mid-body"))
+        elif self._connection.new_tls:
+            # TLS 1.3 clients finish the handshake before the server checks their
+            # certificate: a refused (or missing) client certificate looks like this.
+            self.fail(
+                httpx.RemoteProtocolError(
+                    "the server closed a new TLS connection unanswered (as a server that "
+                    "requires a client certificate does when none or an untrusted one is sent)"
+                )
+            )
         else:
             self.fail(httpx.RemoteProtocolError("the server closed the connection unanswered"))
 
@@ -184,6 +251,16 @@ class _Exchange(httpx.AsyncByteStream):
     def _finish(self) -> None:
         self._complete = True
         self._settle()
+
+    def head_pending(self) -> bool:
+        """The final response's head is still to come (1xx heads count as head), and
+        the exchange has not failed."""
+        return not self.status and self._error is None
+
+    @property
+    def ended(self) -> bool:
+        """The response ended, complete or failed: nothing more belongs to it."""
+        return self._complete or self._error is not None
 
     def _settle(self) -> None:
         # The body ended, one way or the other: no timer, the reader woken, and a
@@ -242,7 +319,7 @@ class _Exchange(httpx.AsyncByteStream):
         total = 0
         async for chunk in self:
             total += len(chunk)
-            if total > _MAX_READ_BYTES:
+            if total > MAX_BODY_BYTES:
                 raise httpx.RemoteProtocolError("the response body is over 64 MiB")
             parts.append(chunk)
         return b"".join(parts)
@@ -291,6 +368,12 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.counted = True  # holds one of the pool's max_connections slots
         self.idle_since = 0.0
+        self._exchanges = 0
+
+    @property
+    def new_tls(self) -> bool:
+        """A TLS connection on its first exchange."""
+        return self._exchanges == 1 and self.origin[0] == "https"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -301,8 +384,31 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         exchange = self._exchange
-        if exchange is None:  # bytes nobody asked for: the connection cannot be trusted
+        if exchange is None or exchange.ended:
+            # Bytes nobody asked for (on an idle connection, or after the response
+            # ended): the connection cannot be trusted any more.
             self.abort()
+            return
+        if exchange.head_pending():
+            # Still in the head: bound it before the parser sees (and buffers) it.
+            budget = MAX_HEAD_BYTES - exchange.head_bytes
+            if len(data) > budget:
+                self._feed(exchange, memoryview(data)[:budget])
+                if exchange.head_pending():
+                    exchange.fail(
+                        httpx.RemoteProtocolError(
+                            f"the response head is over {MAX_HEAD_BYTES // 1024} KiB"
+                        )
+                    )
+                    self.abort()
+                    return
+                data = data[budget:]
+            else:
+                exchange.head_bytes += len(data)
+        self._feed(exchange, data)
+
+    def _feed(self, exchange: _Exchange, data: bytes | memoryview) -> None:
+        if self.closed:
             return
         try:
             exchange.parser.feed_data(data)
@@ -310,6 +416,8 @@ class _Connection(asyncio.Protocol):
             exchange.fail(httpx.RemoteProtocolError("the server switched protocols"))
             self.abort()
         except httptools.HttpParserError as exc:
+            # After the response ended this is the next message starting (_Refused):
+            # the exchange keeps its answer, the connection goes.
             exchange.fail(httpx.RemoteProtocolError(f"malformed response: {exc}"))
             self.abort()
 
@@ -329,6 +437,7 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         assert self._exchange is None
         exchange = self._exchange = _Exchange(self, self._pool.loop, deadline)
+        self._exchanges += 1
         self._transport.write(head + body)
         return exchange
 
@@ -355,21 +464,73 @@ class _Connection(asyncio.Protocol):
             self._transport.abort()
 
 
-class _Pool:
-    """Keep-alive connections by origin, with httpx's limits."""
+class _Tunnel(asyncio.Protocol):
+    """The CONNECT exchange with a proxy, before TLS starts inside the tunnel."""
 
-    def __init__(self, limits: httpx.Limits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        self._request = request
+        self._head = bytearray()
+        self.established: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.established.done():
+            return  # nothing is expected before our TLS ClientHello: ignored, then failed
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD_BYTES:
+                self._fail(f"the proxy's answer to CONNECT is over {MAX_HEAD_BYTES // 1024} KiB")
+            return
+        if end + 4 != len(self._head):
+            self._fail("the proxy sent bytes after its answer to CONNECT")
+            return
+        status_line = bytes(self._head[: self._head.find(b"\r\n")])
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            self._fail("the proxy's answer to CONNECT is not HTTP")
+        elif not 200 <= int(parts[1]) < 300:
+            self._fail(f"the proxy refused the tunnel: HTTP {int(parts[1])}")
+        else:
+            self.established.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("the proxy closed the connection before the tunnel was set up")
+
+    def _fail(self, reason: str) -> None:
+        if not self.established.done():
+            self.established.set_exception(httpx.ProxyError(reason))
+
+
+class _Pool:
+    """Keep-alive connections by origin, with httpx's limits.
+
+    Idle connections are closed by a timer when their keep-alive expiry passes: one
+    timer per pool, armed for the oldest idle connection, not one per connection.
+    """
+
+    def __init__(
+        self,
+        limits: httpx.Limits,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        proxy: ProxyRoute | None = None,
+    ) -> None:
         self.loop = loop
         self._max = limits.max_connections or 1 << 30
         keepalive = limits.max_keepalive_connections
         self._max_idle = self._max if keepalive is None else keepalive
         self._expiry = limits.keepalive_expiry
+        self._proxy = proxy
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._idle_count = 0
         self._count = 0  # connections open or opening
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._all: set[_Connection] = set()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def acquire(
         self,
@@ -410,13 +571,16 @@ class _Pool:
         opened = False
         try:
             async with asyncio.timeout_at(min(deadline, self.loop.time() + connect_timeout_s)):
-                _, connection = await self.loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=ssl_context,
-                    server_hostname=host if ssl_context is not None else None,
-                )
+                if self._proxy is None:
+                    _, connection = await self.loop.create_connection(
+                        lambda: _Connection(self, origin),
+                        host,
+                        port,
+                        ssl=ssl_context,
+                        server_hostname=host if ssl_context is not None else None,
+                    )
+                else:
+                    connection = await self._connect_through_proxy(self._proxy, origin, ssl_context)
             opened = True
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
@@ -426,6 +590,37 @@ class _Pool:
             if not opened:
                 self._slot_freed()
         self._all.add(connection)
+        return connection
+
+    async def _connect_through_proxy(
+        self, proxy: ProxyRoute, origin: Origin, ssl_context: ssl.SSLContext | None
+    ) -> _Connection:
+        """A connection to the proxy: as it is for an http origin (requests then go in
+        absolute form), or a CONNECT tunnel with TLS inside for an https one."""
+        _scheme, host, port = origin
+        if ssl_context is None:
+            _, connection = await self.loop.create_connection(
+                lambda: _Connection(self, origin), proxy.host, proxy.port
+            )
+            return connection
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n"]
+        if proxy.authorization is not None:
+            lines.append(f"proxy-authorization: {proxy.authorization.reveal()}\r\n")
+        request = ("".join(lines) + "\r\n").encode("latin-1")
+        raw, tunnel = await self.loop.create_connection(
+            lambda: _Tunnel(request, self.loop), proxy.host, proxy.port
+        )
+        try:
+            await tunnel.established
+            connection = _Connection(self, origin)
+            tls = await self.loop.start_tls(raw, connection, ssl_context, server_hostname=host)
+        except BaseException:
+            raw.abort()
+            raise
+        if tls is None:  # the loop lost the transport mid-handshake
+            raise httpx.ConnectError("the tunnel closed during the TLS handshake")
+        connection.connection_made(tls)
         return connection
 
     async def _wait_for_slot(self, deadline: float) -> None:
@@ -455,7 +650,29 @@ class _Pool:
             connection.idle_since = self.loop.time()
             self._idle.setdefault(connection.origin, deque()).append(connection)
             self._idle_count += 1
+            if self._sweep is None:
+                self._arm_sweep()
         self._wake()
+
+    def _arm_sweep(self) -> None:
+        """Arm the timer for the oldest idle connection's expiry (if any is idle)."""
+        if self._expiry is None or not self._idle_count or self._closed:
+            return
+        oldest = min(idle[0].idle_since for idle in self._idle.values() if idle)
+        self._sweep = self.loop.call_at(oldest + self._expiry, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close the idle connections whose keep-alive expiry has passed."""
+        self._sweep = None
+        assert self._expiry is not None
+        expired_before = self.loop.time() - self._expiry
+        for idle in self._idle.values():
+            # Each deque is in release order: the expired ones are at its left end.
+            while idle and idle[0].idle_since <= expired_before:
+                self._idle_count -= 1
+                self._discard(idle.popleft())
+        self._wake()
+        self._arm_sweep()
 
     def lost(self, connection: _Connection) -> None:
         """The server closed an idle connection."""
@@ -497,6 +714,9 @@ class _Pool:
     def close(self) -> None:
         """Abort every connection, idle or busy; later ones are not kept."""
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for connection in list(self._all):
             connection.abort()
         self._idle.clear()
@@ -504,20 +724,36 @@ class _Pool:
 
 
 class H1Transport(httpx.AsyncBaseTransport):
-    """httpx transport on the gateway's HTTP/1.1 client; one pool per transport."""
+    """httpx transport on the gateway's HTTP/1.1 client; one pool per transport.
+
+    ``ssl_context`` verifies https origins (providers/tls.py builds it from a provider's
+    settings; the default trusts certifi's CAs); ``proxy`` sends every connection through
+    an HTTP proxy.
+    """
 
     Body = _Exchange  # the type of its responses' streams
 
-    def __init__(self, *, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: ProxyRoute | None = None,
+    ) -> None:
         self._limits = limits
         self._ssl_context = ssl_context
+        self._proxy = proxy
+        self._proxy_authorization = (
+            proxy.authorization.reveal()
+            if proxy is not None and proxy.authorization is not None
+            else None
+        )
         self._pool: _Pool | None = None
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            # httpx's trust store (certifi), as httpx's own transport would use.
-            self._ssl_context = httpx.create_ssl_context()
-            self._ssl_context.set_alpn_protocols(["http/1.1"])
+            # Built on first https use: certifi's CAs, as httpx's own transport trusts.
+            self._ssl_context = client_ssl_context(TlsSettings())
         return self._ssl_context
 
     async def send(
@@ -544,10 +780,18 @@ class H1Transport(httpx.AsyncBaseTransport):
         port = url.port or _DEFAULT_PORTS.get(scheme)
         if port is None:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
-        head = _request_head(method, url, headers, len(body))
+        forward = self._proxy is not None and scheme == "http"
+        head = _request_head(
+            method,
+            url,
+            headers,
+            len(body),
+            proxy_authorization=self._proxy_authorization if forward else None,
+            absolute_form=forward,
+        )
         pool = self._pool
         if pool is None:
-            pool = self._pool = _Pool(self._limits, asyncio.get_running_loop())
+            pool = self._pool = _Pool(self._limits, asyncio.get_running_loop(), proxy=self._proxy)
         deadline = pool.loop.time() + total_timeout_s
         connection = await pool.acquire(
             (scheme, url.host, port),

@@ -1,27 +1,42 @@
-"""The shared HTTP client of each provider: one keep-alive pool, limits set.
+"""The shared HTTP client of each provider: one keep-alive pool, limits set, and the
+rules every transport shares.
 
-httpx is the API; the transport underneath is a measured choice (``server.http_transport``):
-the gateway's own HTTP/1.1 client (``h1``) costs far less CPU per request than aiohttp's,
-and aiohttp's far less than httpx's default (see bench/RESULTS.md).
+httpx is the API; the transport underneath is ``server.http_transport``. Selectable are
+only the transports that pass the hostile-upstream suite
+(tests/integration/test_hostile_upstream.py): today the gateway's own HTTP/1.1 client,
+``h1`` (providers/h1_transport.py). The libraries measured beside it failed cases of that
+suite that cannot be fixed from outside them (README: "Upstream HTTP"), so they are not
+selectable. What holds whatever the transport, because it is done here, once:
+
+- request headers are checked before anything is sent (http_rules.check_request_headers:
+  an invalid name or value is ``httpx.LocalProtocolError``, and no connection is opened);
+- a compressed body (Content-Encoding gzip or deflate, never asked for) is decoded with
+  its decoded size capped, and any other coding is a clear ``httpx.DecodingError``
+  (content_decoding.py);
+- a body read whole is at most 64 MiB.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import httpx
 
-from llmgateway_server.errors import ConfigError
-from llmgateway_server.providers.aiohttp_transport import AiohttpTransport, ResponseStream
+from llmgateway_server.providers.content_decoding import DecodedBody, needs_decoding
 from llmgateway_server.providers.h1_transport import H1Transport
+from llmgateway_server.providers.http_rules import MAX_BODY_BYTES, check_request_headers
+from llmgateway_server.providers.proxy import ProxyRoute
+from llmgateway_server.providers.tls import TlsSettings, client_ssl_context
 
-HttpTransportName = Literal["h1", "aiohttp", "httpx", "httpx-aiohttp"]
+HttpTransportName = Literal["h1"]
 # How long a connection whose reader left cleanly may wait for its body's last bytes.
 LINGER_S = 1.0
+_DROPPED_WHEN_DECODED = frozenset({b"content-encoding", b"content-length"})
 
 
+@runtime_checkable
 class DirectTransport(Protocol):
     """A transport that takes a request's parts without an ``httpx.Request``."""
 
@@ -39,10 +54,6 @@ class DirectTransport(Protocol):
         ...
 
 
-class _BodyReader(Protocol):
-    async def read(self) -> bytes: ...
-
-
 class UpstreamClient:
     """POSTs to one provider through an httpx transport and its keep-alive pool.
 
@@ -56,8 +67,9 @@ class UpstreamClient:
 
     def __init__(self, transport: httpx.AsyncBaseTransport, *, connect_timeout_s: float) -> None:
         self._transport = transport
+        # Checked once here, not per request (a runtime protocol check is slow).
         self._direct: DirectTransport | None = (
-            transport if isinstance(transport, H1Transport | AiohttpTransport) else None
+            transport if isinstance(transport, DirectTransport) else None
         )
         self._connect_timeout_s = connect_timeout_s
 
@@ -73,9 +85,10 @@ class UpstreamClient:
         self, url: httpx.URL, headers: Sequence[tuple[str, str]], body: bytes, timeout_s: float
     ) -> httpx.Response:
         """Send a POST; the caller closes the response."""
+        check_request_headers(headers)
         connect_s = min(self._connect_timeout_s, timeout_s)
         if self._direct is not None:
-            return await self._direct.send(
+            response = await self._direct.send(
                 "POST",
                 url,
                 headers=headers,
@@ -83,6 +96,7 @@ class UpstreamClient:
                 connect_timeout_s=connect_s,
                 total_timeout_s=timeout_s,
             )
+            return _decoded(response)
         request = httpx.Request(
             "POST",
             url,
@@ -97,7 +111,7 @@ class UpstreamClient:
                 }
             },
         )
-        return await self._transport.handle_async_request(request)
+        return _decoded(await self._transport.handle_async_request(request))
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -143,31 +157,51 @@ class Exchange:
         response = self._response
         if response is None:
             return
-        stream: object = response.stream
-        if exc_type is None and isinstance(stream, H1Transport.Body):
+        linger = getattr(response.stream, "linger", None)
+        if exc_type is None and linger is not None:
             # Left cleanly (a stream read to its [DONE]): keep the connection if the
             # body's last bytes are merely late, instead of reconnecting next time.
-            stream.linger(LINGER_S)
+            linger(LINGER_S)
         else:
             await response.aclose()  # gave up mid-body: the upstream sees the close now
 
 
+def _decoded(response: httpx.Response) -> httpx.Response:
+    """``response``, or the same response with its Content-Encoding undone as it is
+    read (and the encoding's headers dropped, so httpx does not decode it again)."""
+    if "content-encoding" not in response.headers:  # the usual case, and the cheap test
+        return response
+    coding = response.headers["content-encoding"]
+    if not needs_decoding(coding):
+        return response
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream), "async transports stream asynchronously"
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _DROPPED_WHEN_DECODED]
+    return httpx.Response(response.status_code, headers=headers, stream=DecodedBody(stream, coding))
+
+
 def body_stream(response: httpx.Response) -> AsyncIterable[bytes]:
-    """The body as the transport delivers it, without httpx's decoding layers: no
-    compression is negotiated (no Accept-Encoding is sent), so there is nothing to
-    decode, and each layer skipped is a generator hop per chunk."""
+    """The body as the transport delivers it (already decoded, see ``_decoded``), without
+    httpx's own decoding layers: each layer skipped is a generator hop per chunk."""
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream), "async transports stream asynchronously"
     return stream
 
 
 async def read_body(response: httpx.Response) -> bytes:
-    """The whole body (in one read when one of the gateway's transports carries it)."""
-    stream: object = response.stream
-    if isinstance(stream, ResponseStream | H1Transport.Body):
-        reader: _BodyReader = stream
-        return await reader.read()
-    return b"".join([chunk async for chunk in body_stream(response)])
+    """The whole body, at most 64 MiB (in one read when the stream can read itself)."""
+    read = getattr(response.stream, "read", None)
+    if read is not None:  # the stream reads itself whole (and caps what it reads)
+        body: bytes = await read()
+        return body
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in body_stream(response):
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise httpx.RemoteProtocolError("the response body is over 64 MiB")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def build_upstream_client(
@@ -177,32 +211,22 @@ def build_upstream_client(
     max_keepalive_connections: int,
     keepalive_expiry_s: float,
     connect_timeout_s: float,
+    proxy: ProxyRoute | None = None,
+    tls: TlsSettings | None = None,
 ) -> UpstreamClient:
-    """A client with a bounded keep-alive pool on the chosen transport."""
+    """A client with a bounded keep-alive pool on the chosen transport, through
+    ``proxy`` when set, trusting and presenting what ``tls`` names.
+
+    A TLS context with custom settings is built here, at start-up, so a bad PEM file
+    stops the gateway (``ConfigError``) instead of failing calls.
+    """
     limits = httpx.Limits(
         max_connections=max_connections,
         max_keepalive_connections=max_keepalive_connections,
         keepalive_expiry=keepalive_expiry_s,
     )
-    chosen: httpx.AsyncBaseTransport
-    if transport == "h1":
-        chosen = H1Transport(limits=limits)
-    elif transport == "aiohttp":
-        chosen = AiohttpTransport(limits=limits)
-    elif transport == "httpx-aiohttp":
-        chosen = _httpx_aiohttp_transport(limits)
-    else:
-        chosen = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    tls = tls or TlsSettings()
+    ssl_context = client_ssl_context(tls) if tls.customised else None
+    assert transport == "h1", f"unknown transport {transport!r}"  # config's Literal checks it
+    chosen = H1Transport(limits=limits, ssl_context=ssl_context, proxy=proxy)
     return UpstreamClient(chosen, connect_timeout_s=connect_timeout_s)
-
-
-def _httpx_aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """The ``httpx-aiohttp`` package's transport: measured in bench/RESULTS.md, optional."""
-    try:
-        from httpx_aiohttp import AiohttpTransport as PackageTransport
-    except ImportError:
-        raise ConfigError(
-            "server.http_transport httpx-aiohttp needs the httpx-aiohttp package: "
-            "pip install 'llmgateway-server[httpx-aiohttp]'"
-        ) from None
-    return PackageTransport(limits=limits, trust_env=False)

@@ -9,9 +9,9 @@ from grpc import aio
 from llmgateway.v1 import gateway_pb2 as pb
 from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
 
+from llmgateway_server.call import CallState
 from llmgateway_server.errors import GatewayError
 from llmgateway_server.gateway import Gateway
-from llmgateway_server.call import CallState
 from llmgateway_server.transport.context import current_tenant
 from llmgateway_server.transport.convert import (
     CompletionProto,
