@@ -79,6 +79,7 @@ def build_provider(
             max_keepalive_connections=config.max_keepalive_connections,
             keepalive_expiry_s=config.keepalive_expiry_s,
             connect_timeout_s=config.connect_timeout_s,
+            pool_timeout_s=config.pool_timeout_s,
             proxy=proxy,
             tls=TlsSettings(
                 ca_bundle=config.ca_bundle,

@@ -104,6 +104,10 @@ class _ProviderBase(_Strict):
     max_keepalive_connections: int = Field(default=128, ge=0, le=10_000)
     keepalive_expiry_s: float = Field(default=30.0, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # How long a call may wait for a free connection of this provider's pool (at most
+    # half its attempt's time) before it moves on to the next target as
+    # LOCAL_SATURATION, which never counts against a breaker.
+    pool_timeout_s: float = Field(default=5.0, gt=0, le=600)
     # Upstream HTTP (README, "Upstream HTTP: proxies, CAs, mTLS"). ``proxy``: an http://
     # proxy URL without credentials (a proxy password is a secret: it may come only from
     # the environment, with ``trust_env``). ``trust_env``: honour HTTPS_PROXY, HTTP_PROXY,

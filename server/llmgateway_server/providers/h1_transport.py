@@ -539,8 +539,10 @@ class _Pool:
         ssl_context: ssl.SSLContext | None,
         connect_timeout_s: float,
         deadline: float,
+        pool_deadline: float,
     ) -> _Connection:
-        """A live idle connection to ``origin``, else a new one once a slot is free."""
+        """A live idle connection to ``origin``, else a new one once a slot is free
+        (waiting for one at most until ``pool_deadline``: then ``PoolTimeout``)."""
         while True:
             idle = self._idle.get(origin)
             while idle:
@@ -557,7 +559,7 @@ class _Pool:
             if self._idle_count:
                 self._evict_oldest()
                 continue
-            await self._wait_for_slot(deadline)
+            await self._wait_for_slot(min(deadline, pool_deadline))
 
     async def _connect(
         self,
@@ -765,12 +767,13 @@ class H1Transport(httpx.AsyncBaseTransport):
         body: bytes,
         connect_timeout_s: float,
         total_timeout_s: float,
+        pool_timeout_s: float | None = None,
     ) -> httpx.Response:
         """Send one request given as plain values; the response streams its body.
 
         ``total_timeout_s`` bounds the whole exchange with one timer: waiting for a
-        pooled connection, connecting (also bounded by ``connect_timeout_s``), sending,
-        and reading the body to its end.
+        pooled connection (also bounded by ``pool_timeout_s``), connecting (also bounded
+        by ``connect_timeout_s``), sending, and reading the body to its end.
         """
         if method in ("HEAD", "CONNECT"):
             raise httpx.UnsupportedProtocol(f"{method} is not supported by this transport")
@@ -792,12 +795,14 @@ class H1Transport(httpx.AsyncBaseTransport):
         pool = self._pool
         if pool is None:
             pool = self._pool = _Pool(self._limits, asyncio.get_running_loop(), proxy=self._proxy)
-        deadline = pool.loop.time() + total_timeout_s
+        now = pool.loop.time()
+        deadline = now + total_timeout_s
         connection = await pool.acquire(
             (scheme, url.host, port),
             ssl_context=self._tls() if scheme == "https" else None,
             connect_timeout_s=connect_timeout_s,
             deadline=deadline,
+            pool_deadline=deadline if pool_timeout_s is None else now + pool_timeout_s,
         )
         exchange = connection.start(head, body, deadline)
         try:
@@ -813,6 +818,7 @@ class H1Transport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         read = timeouts.get("read")
         connect = timeouts.get("connect")
+        pool = timeouts.get("pool")
         response = await self.send(
             request.method,
             request.url,
@@ -820,6 +826,7 @@ class H1Transport(httpx.AsyncBaseTransport):
             body=await request.aread(),
             connect_timeout_s=connect if connect is not None else 3600.0,
             total_timeout_s=read if read is not None else 24 * 3600.0,
+            pool_timeout_s=pool,
         )
         response.request = request
         return response

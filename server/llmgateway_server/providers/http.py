@@ -49,8 +49,10 @@ class DirectTransport(Protocol):
         body: bytes,
         connect_timeout_s: float,
         total_timeout_s: float,
+        pool_timeout_s: float | None = None,
     ) -> httpx.Response:
-        """Send one request; ``total_timeout_s`` bounds the whole exchange."""
+        """Send one request; ``total_timeout_s`` bounds the whole exchange, and
+        ``pool_timeout_s`` the wait for a free pooled connection (``PoolTimeout``)."""
         ...
 
 
@@ -65,8 +67,15 @@ class UpstreamClient:
     ``httpx.Request`` they would only take apart again.
     """
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, *, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        connect_timeout_s: float,
+        pool_timeout_s: float = 5.0,
+    ) -> None:
         self._transport = transport
+        self._pool_timeout_s = pool_timeout_s
         # Checked once here, not per request (a runtime protocol check is slow).
         self._direct: DirectTransport | None = (
             transport if isinstance(transport, DirectTransport) else None
@@ -87,6 +96,10 @@ class UpstreamClient:
         """Send a POST; the caller closes the response."""
         check_request_headers(headers)
         connect_s = min(self._connect_timeout_s, timeout_s)
+        # Waiting for the gateway's own pool may take at most half the attempt: it then
+        # ends as PoolTimeout (local saturation, the next target) with time left, and
+        # never races the attempt's own timeout, which would blame the upstream.
+        pool_s = min(self._pool_timeout_s, timeout_s / 2)
         if self._direct is not None:
             response = await self._direct.send(
                 "POST",
@@ -95,6 +108,7 @@ class UpstreamClient:
                 body=body,
                 connect_timeout_s=connect_s,
                 total_timeout_s=timeout_s,
+                pool_timeout_s=pool_s,
             )
             return _decoded(response)
         request = httpx.Request(
@@ -107,7 +121,7 @@ class UpstreamClient:
                     "connect": connect_s,
                     "read": timeout_s,
                     "write": timeout_s,
-                    "pool": timeout_s,
+                    "pool": pool_s,
                 }
             },
         )
@@ -211,6 +225,7 @@ def build_upstream_client(
     max_keepalive_connections: int,
     keepalive_expiry_s: float,
     connect_timeout_s: float,
+    pool_timeout_s: float = 5.0,
     proxy: ProxyRoute | None = None,
     tls: TlsSettings | None = None,
 ) -> UpstreamClient:
@@ -229,4 +244,6 @@ def build_upstream_client(
     ssl_context = client_ssl_context(tls) if tls.customised else None
     assert transport == "h1", f"unknown transport {transport!r}"  # config's Literal checks it
     chosen = H1Transport(limits=limits, ssl_context=ssl_context, proxy=proxy)
-    return UpstreamClient(chosen, connect_timeout_s=connect_timeout_s)
+    return UpstreamClient(
+        chosen, connect_timeout_s=connect_timeout_s, pool_timeout_s=pool_timeout_s
+    )
