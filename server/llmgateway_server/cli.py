@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.file)
-    resolve_secrets(config)
+    secret_values(config)  # every referenced secret and environment proxy resolves
     print(
         f"{args.file}: ok ({len(config.providers)} providers, {len(config.targets)} targets, "
         f"{len(config.routes)} routes)"

@@ -8,6 +8,7 @@ and validates; ``resolve_secrets`` reads the referenced secrets once at start-up
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -550,7 +551,8 @@ def resolve_proxies(
 
 def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every secret value the config references (provider keys, tenant keys read from
-    the environment), for the log redactor: none of them may appear in a log line."""
+    the environment, proxy credentials from the environment), for the log redactor: none
+    of them may appear in a log line."""
     env = os.environ if environ is None else environ
     provider_keys, _ = resolve_secrets(config, env)
     values = [key.reveal() for key in provider_keys.values() if key is not None]
@@ -558,4 +560,11 @@ def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = Non
         if tenant.api_key_env is not None:
             what = f"auth.tenants.{tenant.name}"
             values.append(_read_secret(tenant.api_key_env, None, env, what).reveal())
+    for route in resolve_proxies(config, env).values():
+        if route is not None and route.authorization is not None:
+            token = route.authorization.reveal().partition(" ")[2]  # "Basic <token>"
+            values.append(token)
+            password = base64.b64decode(token).decode("utf-8").partition(":")[2]
+            if password:
+                values.append(password)
     return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -188,7 +189,14 @@ def test_every_referenced_secret_value_is_handed_to_the_log_redactor() -> None:
         "  anonymous_tenant: local",
         "  tenants:\n    - name: team\n      api_key_env: TEAM_KEY",
     )
-    values = secret_values(
-        parse_config(text), environ={"TEST_OPENAI_KEY": "k3y!", "TEAM_KEY": "tenant-key-1"}
+    text = text.replace(
+        "    api_key_env: TEST_OPENAI_KEY", "    api_key_env: TEST_OPENAI_KEY\n    trust_env: true"
     )
-    assert sorted(values) == ["k3y!", "tenant-key-1"]
+    environ = {
+        "TEST_OPENAI_KEY": "k3y!",
+        "TEAM_KEY": "tenant-key-1",
+        "HTTPS_PROXY": "http://egress:pr0xy-pass@proxy.internal:3128",
+    }
+    values = secret_values(parse_config(text), environ=environ)
+    basic = base64.b64encode(b"egress:pr0xy-pass").decode()
+    assert sorted(values) == sorted(["k3y!", "tenant-key-1", basic, "pr0xy-pass"])
