@@ -175,6 +175,43 @@ def _run_child(name: str, url: str, requests: int, env: dict[str, str]) -> dict[
     return result
 
 
+def compare(children: Children, *, requests: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Every client, ``rounds`` times in turn against one fake upstream: the median of
+    each figure per client (a client that is not installed or failed has none)."""
+    upstream = start_upstream(children, "upstream-http-clients", "--uvloop", "--chunks", "20")
+    url = f"{upstream.address}/v1/chat/completions"
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in CLIENTS}
+    for _ in range(rounds):
+        for name in CLIENTS:
+            result = _run_child(name, url, requests, children.env)
+            if result is not None:
+                runs[name].append(result)
+    medians: dict[str, dict[str, float]] = {}
+    for name, results in runs.items():
+        if results:
+            medians[name] = {key: statistics.median(r[key] for r in results) for key in KEYS}
+            medians[name]["rounds"] = len(results)
+    return medians
+
+
+KEYS = ("json_cpu_us", "json_wall_us", "sse_cpu_us", "sse_wall_us")
+
+
+def table(medians: dict[str, dict[str, float]]) -> list[str]:
+    """The comparison as markdown rows (header included)."""
+    lines = [
+        "| client | JSON CPU µs | JSON wall µs | SSE (20 chunks) CPU µs | SSE wall µs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in CLIENTS:
+        figures = medians.get(name)
+        if figures is None:
+            lines.append(f"| {name} | not installed or failed | | | |")
+            continue
+        lines.append(f"| {name} | " + " | ".join(f"{figures[k]:.0f}" for k in KEYS) + " |")
+    return lines
+
+
 def main() -> None:
     """Parse the arguments; run one child, or the whole comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -188,28 +225,11 @@ def main() -> None:
         return
     children = Children()
     try:
-        upstream = start_upstream(children, "upstream", "--uvloop", "--chunks", "20")
-        url = f"{upstream.address}/v1/chat/completions"
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in CLIENTS}
-        for _ in range(args.rounds):
-            for name in CLIENTS:
-                result = _run_child(name, url, args.requests, children.env)
-                if result is not None:
-                    runs[name].append(result)
+        medians = compare(children, requests=args.requests, rounds=args.rounds)
     finally:
         children.stop_all()
-    print(f"CPU (and wall) per request, µs, median of {args.rounds} rounds, uvloop:")
-    print("| client | JSON CPU | JSON wall | SSE (20 chunks) CPU | SSE wall |")
-    print("|---|---:|---:|---:|---:|")
-    for name, results in runs.items():
-        if not results:
-            print(f"| {name} | not installed or failed | | | |")
-            continue
-        cells = [
-            statistics.median(r[key] for r in results)
-            for key in ("json_cpu_us", "json_wall_us", "sse_cpu_us", "sse_wall_us")
-        ]
-        print(f"| {name} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+    print(f"CPU (and wall) per request, median of {args.rounds} rounds, uvloop:")
+    print("\n".join(table(medians)))
 
 
 if __name__ == "__main__":

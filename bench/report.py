@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import http_client_cpu
 import table_rows
 from aggregate import Points
 from md import fmt, table
@@ -187,6 +188,22 @@ def render(results: dict[str, Any]) -> str:
             ["counter", *names],
             ([c, *(fmt(v.get(n)) + " ms" for n in names)] for c, v in counters.items()),
         )
+    clients = results.get("http_clients")
+    if clients is not None:
+        lines += [
+            "## Upstream HTTP clients (bench/http_client_cpu.py)",
+            "",
+            "CPU and wall time per request of each client alone, on uvloop, in a child "
+            "process of its own: sequential keep-alive POSTs to the fake upstream, JSON "
+            "answers read whole and 20-chunk SSE answers read as a stream; the median over "
+            "rounds that alternate the clients. `h1` is the gateway's client as the "
+            "providers use it (`build_upstream_client`); the others are candidates, used "
+            "directly and as lean as they go. Only `h1` passes the hostile-upstream suite "
+            '(README, "Why h1 is the default"), so only it is selectable.',
+            "",
+            *http_client_cpu.table(clients),
+            "",
+        ]
     lines += [
         "## Method",
         "",

@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import http_client_cpu
 import machine
 import report
 import workload
@@ -299,6 +300,10 @@ def main() -> None:
         results["memory"] = memory_phase(children, settings.streams)
         print("context window: bench/bench_context.py (3 of 3)", flush=True)
         contexts.append(context_phase(children))
+        print("upstream HTTP clients: bench/http_client_cpu.py", flush=True)
+        results["http_clients"] = http_client_cpu.compare(
+            children, requests=1000 if args.quick else 5000, rounds=1 if args.quick else 5
+        )
         results["context"] = merge_context(contexts)
         results["calibration_after"] = machine.calibrate()
     finally:
