@@ -29,14 +29,20 @@ class Variant:
     log_level: Literal["info", "warning"] = "warning"
     access_log: bool = False
     tokenizer: Literal["cl100k_base", "estimate"] = "cl100k_base"
+    # A git revision whose server code runs instead of the working tree's (an A/B of two
+    # versions in the same run, when the host's speed makes runs on different days
+    # incomparable); "" for the working tree.
+    baseline: str = ""
 
     @property
     def name(self) -> str:
-        """Short name, e.g. ``gateway-aiohttp-asyncio`` (``+logs`` when logging,
-        ``+estimator`` when prompts are estimated instead of tokenized)."""
+        """Short name, e.g. ``gateway-h1-asyncio`` (``+logs`` when logging,
+        ``+estimator`` when prompts are estimated instead of tokenized, ``@rev`` for a
+        baseline revision)."""
         logs = "+logs" if self.log_level == "info" or self.access_log else ""
         estimator = "+estimator" if self.tokenizer == "estimate" else ""
-        return f"gateway-{self.transport}-{self.loop}{logs}{estimator}"
+        at = f"@{self.baseline}" if self.baseline else ""
+        return f"gateway-{self.transport}-{self.loop}{logs}{estimator}{at}"
 
 
 def gateway_config(

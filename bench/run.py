@@ -268,11 +268,18 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=Settings.streams, help="for memory")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 short cycles")
     parser.add_argument("--no-matrix", action="store_true", help="only the default gateway")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the default gateway of git revision REV (an A/B in the same run)",
+    )
     args = parser.parse_args()
     settings = Settings(cycles=args.cycles, slice_s=args.slice, streams=args.streams)
     if args.quick:
         settings = Settings(cycles=2, slice_s=0.5, max_extra_cycles=0, streams=100)
     variants = (DEFAULT,) if args.no_matrix else VARIANTS
+    if args.baseline:
+        variants = (*variants, Variant(baseline=args.baseline))
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results: dict[str, Any] = {

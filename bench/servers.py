@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,13 @@ class Children:
     env: dict[str, str] = field(default_factory=bench_env)
     running: list[procs.Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], ready: str) -> procs.Child:
-        """Start a child and remember it."""
-        child = procs.start(name, argv, ready, log_dir=LOGS, cwd=REPO, env=self.env)
+    def start(
+        self, name: str, argv: list[str], ready: str, *, env: dict[str, str] | None = None
+    ) -> procs.Child:
+        """Start a child (with ``env`` added to the shared environment) and remember it."""
+        child = procs.start(
+            name, argv, ready, log_dir=LOGS, cwd=REPO, env={**self.env, **(env or {})}
+        )
         self.running.append(child)
         return child
 
@@ -92,4 +97,21 @@ def start_gateway(
     if profile_to is not None:
         argv += ["-m", "cProfile", "-o", str(profile_to)]
     argv += ["-m", "llmgateway_server", "run", "--config", str(path), "--listen", "127.0.0.1:0"]
-    return children.start(name, argv, GATEWAY_READY)
+    env = {"PYTHONPATH": baseline_path(variant.baseline)} if variant.baseline else None
+    return children.start(name, argv, GATEWAY_READY, env=env)
+
+
+def baseline_path(revision: str) -> str:
+    """PYTHONPATH that runs ``revision``'s server and stubs (exported once into
+    bench/out/baseline/<revision>/); it comes before the editable install's path."""
+    root = OUT / "baseline" / revision
+    if not (root / "server").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", revision, "server", "clients/python/src"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    return f"{root / 'server'}:{root / 'clients' / 'python' / 'src'}"

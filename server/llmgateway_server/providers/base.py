@@ -20,9 +20,10 @@ import httpx
 import orjson
 
 from llmgateway_server.errors import ProviderError
-from llmgateway_server.providers.http import UpstreamClient, read_body
+from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
 from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
 
+_MAX_ERROR_BODY = 64 * 1024
 # The shape of a provider's error type/code ("rate_limit_error", "context_length_exceeded").
 _ERROR_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 JSON_HEADERS = (
@@ -164,7 +165,7 @@ async def raise_for_status(
     """
     if response.status_code < 400:
         return
-    raw = await response.aread()
+    raw = await _error_body(response)
     code, message = "", ""
     try:
         err = orjson.loads(raw).get("error") or {}
@@ -185,6 +186,20 @@ async def raise_for_status(
         message=message,
         api_key=api_key,
     )
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The first 64 KiB of an error body: enough to classify any real provider's error,
+    and a hostile upstream's endless error body costs no more (the connection is closed
+    rather than read to its end)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body_stream(response):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_ERROR_BODY:
+            break
+    return b"".join(parts)[:_MAX_ERROR_BODY]
 
 
 def is_json(response: httpx.Response) -> bool:
