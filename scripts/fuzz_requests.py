@@ -24,24 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc
 from grpc import aio
 
-from tests.support.fuzz import Payload, corpus, decodes
+from tests.support.fuzz import MOCK_CONFIG, Payload, corpus, decodes
 from tests.support.gateway import running_gateway
 
-CONFIG = """
-auth:
-  anonymous_tenant: local
-providers:
-  mock:
-    type: mock
-targets:
-  echo:
-    provider: mock
-    model: mock-echo
-    context_window: 8192
-routes:
-  echo:
-    targets: [echo]
-"""
 DECODED_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
 
 
@@ -88,7 +73,7 @@ async def _run(seed: int, per_family: int, problems: _Problems) -> int:
             bad.append(f"  {payload.family} {payload.method} decodes={decoded}: {code} {message!r}")
 
     errors, tracebacks = problems.errors, problems.tracebacks
-    async with running_gateway(CONFIG) as gw:
+    async with running_gateway(MOCK_CONFIG) as gw:
         await asyncio.gather(*(one(gw.channel, p) for p in payloads))
     total: Counter[str] = sum(by_family.values(), Counter())
     print(f"run seed={seed}: {len(payloads)} calls, codes {dict(total.most_common())}")

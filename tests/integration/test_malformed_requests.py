@@ -25,29 +25,13 @@ from llmgateway_server.transport.interceptors import (
 )
 
 from tests.support.bare_grpc import unary_call
-from tests.support.fuzz import METHODS, SERVICE, Payload, corpus, decodes
+from tests.support.fuzz import METHODS, MOCK_CONFIG, SERVICE, Payload, corpus, decodes
 from tests.support.gateway import RunningGateway, error_info, running_gateway, user
 
 KEY = "gw-team-a-secret-key"
 EDGE_CASES = Path(__file__).parent.parent / "data" / "fuzz" / "edge_cases.json"
 
-CONFIG = """
-server:
-  default_deadline_s: 30
-auth:
-  anonymous_tenant: local
-providers:
-  mock:
-    type: mock
-targets:
-  echo:
-    provider: mock
-    model: mock-echo
-    context_window: 8192
-routes:
-  echo:
-    targets: [echo]
-"""
+CONFIG = MOCK_CONFIG
 KEYED_CONFIG = CONFIG.replace(
     "  anonymous_tenant: local",
     f"  tenants:\n    - name: team-a\n"

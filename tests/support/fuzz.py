@@ -54,6 +54,25 @@ _BAD_UTF8 = (
 _TEXT = "abc xyz 0123 ÄÖü é 漢字 🙂 \x00 \n\t <|endoftext|> "
 _MODELS = ("echo", "default", "gpt", "", "ECHO", "echo ", "x" * 129, "nope")
 
+# One route, "echo", on the built-in mock provider: no upstream, no key.
+MOCK_CONFIG = """
+server:
+  default_deadline_s: 30
+auth:
+  anonymous_tenant: local
+providers:
+  mock:
+    type: mock
+targets:
+  echo:
+    provider: mock
+    model: mock-echo
+    context_window: 8192
+routes:
+  echo:
+    targets: [echo]
+"""
+
 
 @dataclass(frozen=True)
 class Payload:
