@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +30,7 @@ from llmgateway_server.providers.proxy import (
     parse_proxy_url,
 )
 from llmgateway_server.secrets import Secret
+from llmgateway_server.storage.base import BudgetLimits, RateLimits
 
 NANO_PER_USD = 1_000_000_000
 DEFAULT_CONFIG_RESOURCE = "default.yaml"
@@ -273,6 +275,9 @@ class RouteConfig(_Strict):
     max_cost_usd: UsdAmount | None = None
     retry: RetryConfig | None = None
     fallback_on_content_policy: bool = False
+    # When a budget cannot cover max_tokens, the upstream is sent the max_tokens it can
+    # afford; below this floor the call is refused (BUDGET_EXCEEDED).
+    min_max_tokens: int = Field(default=16, ge=1, le=1_000_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -301,6 +306,47 @@ class RouteConfig(_Strict):
         return [TierConfig(targets=[t]) for t in self.targets or []]
 
 
+class BudgetConfig(_Strict):
+    """Spend limits per UTC day and month: decimal USD strings and token counts."""
+
+    usd_per_day: UsdAmount | None = None
+    usd_per_month: UsdAmount | None = None
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_month: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _exact(self) -> BudgetConfig:
+        for name in ("usd_per_day", "usd_per_month"):
+            value = getattr(self, name)
+            if value is not None:
+                usd_to_nano(value, what=name)
+        return self
+
+    def limits(self) -> BudgetLimits:
+        """As the budget store counts them (nano-USD)."""
+        return BudgetLimits(
+            usd_per_day_nano=None
+            if self.usd_per_day is None
+            else usd_to_nano(self.usd_per_day, what="usd_per_day"),
+            usd_per_month_nano=None
+            if self.usd_per_month is None
+            else usd_to_nano(self.usd_per_month, what="usd_per_month"),
+            tokens_per_day=self.tokens_per_day,
+            tokens_per_month=self.tokens_per_month,
+        )
+
+
+class RateLimitConfig(_Strict):
+    """Token buckets per tenant: requests and tokens per minute."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    def limits(self) -> RateLimits:
+        """As the budget store counts them."""
+        return RateLimits(self.requests_per_minute, self.tokens_per_minute)
+
+
 class TenantConfig(_Strict):
     """A caller. Its API keys are stored as SHA-256 hex digests or read from the env."""
 
@@ -308,6 +354,15 @@ class TenantConfig(_Strict):
     api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = []
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     routes: list[str] = ["*"]
+    budgets: BudgetConfig = BudgetConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+
+
+class AdminConfig(_Strict):
+    """Who may call AdminService (and see every tenant's usage): keys like a tenant's."""
+
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = []
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class AuthConfig(_Strict):
@@ -315,6 +370,59 @@ class AuthConfig(_Strict):
 
     anonymous_tenant: str | None = None
     tenants: list[TenantConfig] = []
+    admin: AdminConfig = AdminConfig()
+
+
+# A URL given literally in the file may not carry a password (a secret); put such a URL
+# in an environment variable and name it with the ``*_env`` setting instead.
+_URL_ENV = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class StorageConfig(_Strict):
+    """Where state lives.
+
+    ``url`` is the local store, ``sqlite:///PATH`` (a relative PATH is relative to the
+    working directory; its directory is created on first start): on one node it holds
+    everything (tenants and keys, budgets and rate limits, the usage ledger); with the
+    settings below it stays the ledger's outbox. ``ledger_url`` (``postgresql://...``)
+    puts the ledger and the tenants in PostgreSQL, shared by replicas; ``budgets_url``
+    (``redis://...``) the budget counters and rate limits in Redis.
+    """
+
+    url: str = Field(default="sqlite:///data/llmgateway.db", pattern=r"^sqlite:///.+")
+    ledger_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    ledger_url_env: str | None = _URL_ENV
+    budgets_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    budgets_url_env: str | None = _URL_ENV
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> StorageConfig:
+        for name in ("ledger", "budgets"):
+            url = getattr(self, f"{name}_url")
+            if url is not None and getattr(self, f"{name}_url_env") is not None:
+                raise ValueError(f"set {name}_url or {name}_url_env, not both")
+            if url is not None and urlsplit(url).password:
+                raise ValueError(
+                    f"{name}_url: a password in the file is a literal secret; "
+                    f"put the URL in an environment variable named by {name}_url_env"
+                )
+        return self
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The local database file."""
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class BudgetsConfig(_Strict):
+    """How budgets are enforced."""
+
+    # When the budget store cannot answer: refuse calls (closed, the default) or admit
+    # them without a reservation (open: an explicit, logged choice).
+    on_store_error: Literal["closed", "open"] = "closed"
+    # A reservation's lease is the call's deadline plus this; past it, a reservation whose
+    # call never settled (the gateway died) is charged in full and recorded as abandoned.
+    lease_grace_s: float = Field(default=60.0, gt=0, le=86_400)
 
 
 class ServerConfig(_Strict):
@@ -360,6 +468,8 @@ class GatewayConfig(_Strict):
 
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
+    storage: StorageConfig = StorageConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     defaults: PolicyDefaults = PolicyDefaults()
     providers: dict[str, ProviderConfig] = Field(min_length=1)

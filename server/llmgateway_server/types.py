@@ -79,6 +79,9 @@ class CallOutcome(enum.Enum):
     CANCELLED = "cancelled"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     REJECTED = "rejected"
+    # The gateway died mid-call: found at the next start from its reservation, and charged
+    # the reserved amount (an upper bound).
+    ABANDONED = "abandoned"
 
 
 @dataclass(frozen=True, slots=True)
