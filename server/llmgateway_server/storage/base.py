@@ -38,6 +38,11 @@ class NotFound(Exception):
     """No tenant or key with that name/id."""
 
 
+class DuplicateRequest(Exception):
+    """A reservation for this request_id exists already (held, settled or expired): the
+    request was seen before and must not reach an upstream, or be charged, again."""
+
+
 class SchemaTooNew(Exception):
     """The database was migrated by a newer gateway than this one: refuse to start."""
 
@@ -246,8 +251,11 @@ class BudgetStore(Protocol):
 
     async def reserve(self, reservation: Reservation) -> Refusal | None:
         """Hold ``nano_usd`` and ``tokens`` against every limit of every scope, all or
-        nothing; None when held, else the first limit that would be exceeded. The same
-        request_id again (held, settled or expired) is a no-op returning None."""
+        nothing; None when held, else the first limit that would be exceeded. Every call
+        reserves, even with no limit at all (``scopes`` empty, or every scope unlimited):
+        the reservation is how a request_id is known to have been seen, and how a call
+        cut short by a crash is found. The same request_id again (held, settled or
+        expired) raises DuplicateRequest and changes nothing."""
         ...
 
     async def settle(self, request_id: str, tenant: str, nano_usd: int, tokens: int) -> None:
