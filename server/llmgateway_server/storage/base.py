@@ -80,6 +80,7 @@ class UsageRecord:
     outcome: str  # types.CallOutcome value ("success", ..., "abandoned")
     finished_at_unix_s: float
     key_prefix: str = ""
+    key_id: str = ""  # the store key's id ("" for config-defined keys and anonymous calls)
     provider: str = ""
     upstream_model: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
