@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmgateway_server.routes import Route, Target
+from llmgateway_server.storage.base import RateLimits, Reservation, Scope
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
 from llmgateway_server.types import (
     Attempt,
@@ -17,6 +18,7 @@ from llmgateway_server.types import (
     Completion,
     CompletionRequest,
     Metered,
+    UpstreamCall,
 )
 
 
@@ -87,11 +89,19 @@ class CallState:
     # The target of the attempt in progress (or the last one), and what it was sent.
     current_target: Target | None = None
     current_prompt: Prompt | None = None
+    current_call: UpstreamCall | None = None
     served_by: Target | None = None
     output_parts: list[str] = field(default_factory=list)
     completion: Completion | None = None
     outcome: CallOutcome | None = None
     error_reason: str = ""
+    # The store key the caller authenticated with ("" for config keys and anonymous).
+    key_id: str = ""
+    key_prefix: str = ""
+    # What the caller's calls count against, and the reservation this one holds.
+    budget_scopes: tuple[Scope, ...] = ()
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    reservation: Reservation | None = None
     # Usage and cost once known (set with the completion, or by the ledger at the end).
     metered: Metered | None = None
 

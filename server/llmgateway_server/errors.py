@@ -16,12 +16,22 @@ Hierarchy (R = rejection)::
     │   ├── InvalidRequest          INVALID_ARGUMENT    INVALID_REQUEST (+BadRequest)
     │   ├── ContextWindowExceeded   INVALID_ARGUMENT    CONTEXT_WINDOW_EXCEEDED
     │   ├── ContentBlocked          INVALID_ARGUMENT    CONTENT_BLOCKED
-    │   └── CostLimitExceeded       RESOURCE_EXHAUSTED  COST_LIMIT_EXCEEDED (+QuotaFailure)
+    │   ├── CostLimitExceeded       RESOURCE_EXHAUSTED  COST_LIMIT_EXCEEDED (+QuotaFailure)
+    │   ├── BudgetExceeded          RESOURCE_EXHAUSTED  BUDGET_EXCEEDED (+QuotaFailure, RetryInfo)
+    │   ├── RateLimited             RESOURCE_EXHAUSTED  RATE_LIMITED (+QuotaFailure, RetryInfo)
+    │   ├── RequestIdReused         ALREADY_EXISTS      REQUEST_ID_REUSED
+    │   │   (AdminService and UsageService:)
+    │   ├── AdminKeyRequired        PERMISSION_DENIED   ADMIN_KEY_REQUIRED
+    │   ├── TenantKeyRequired       PERMISSION_DENIED   TENANT_KEY_REQUIRED
+    │   ├── TenantAccessDenied      PERMISSION_DENIED   TENANT_ACCESS_DENIED
+    │   ├── TenantNotFound          NOT_FOUND           TENANT_NOT_FOUND
+    │   ├── KeyNotFound             NOT_FOUND           KEY_NOT_FOUND
+    │   ├── TenantAlreadyExists     ALREADY_EXISTS      TENANT_ALREADY_EXISTS
+    │   ├── TenantDefinedInConfig   FAILED_PRECONDITION TENANT_DEFINED_IN_CONFIG
+    │   └── KeyRevoked              FAILED_PRECONDITION KEY_REVOKED
+    ├── StorageUnavailable      UNAVAILABLE         STORE_UNAVAILABLE
     ├── UpstreamUnavailable     UNAVAILABLE         UPSTREAM_UNAVAILABLE (+RetryInfo)
     └── DeadlineExceeded        DEADLINE_EXCEEDED   DEADLINE_EXCEEDED
-
-The contract's BUDGET_EXCEEDED and RATE_LIMITED get their classes when the tenant budget
-work raises them; nothing does yet.
 
     ProviderError               raised by provider adapters, carries a FailureClass;
                                 the router turns exhausted failures into UpstreamUnavailable
@@ -151,6 +161,91 @@ class CostLimitExceeded(Rejection):
 
     code = "RESOURCE_EXHAUSTED"
     reason = "COST_LIMIT_EXCEEDED"
+
+
+class BudgetExceeded(Rejection):
+    """The tenant's (or the key's) budget cannot cover even the route's floor of
+    max_tokens; QuotaFailure names the scope, window and limit, RetryInfo when it resets."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "BUDGET_EXCEEDED"
+
+
+class RateLimited(Rejection):
+    """The tenant is over a rate limit; RetryInfo says when the bucket has enough."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "RATE_LIMITED"
+
+
+class RequestIdReused(Rejection):
+    """A call with this request_id was seen before: it is not sent or charged again."""
+
+    code = "ALREADY_EXISTS"
+    reason = "REQUEST_ID_REUSED"
+
+
+class AdminKeyRequired(Rejection):
+    """An AdminService call with a tenant's key: only the config's admin keys may."""
+
+    code = "PERMISSION_DENIED"
+    reason = "ADMIN_KEY_REQUIRED"
+
+
+class TenantKeyRequired(Rejection):
+    """A GatewayService call with an admin key: an admin is not a tenant, nothing to bill."""
+
+    code = "PERMISSION_DENIED"
+    reason = "TENANT_KEY_REQUIRED"
+
+
+class TenantAccessDenied(Rejection):
+    """A tenant's key asked about another tenant."""
+
+    code = "PERMISSION_DENIED"
+    reason = "TENANT_ACCESS_DENIED"
+
+
+class TenantNotFound(Rejection):
+    """No tenant has this name."""
+
+    code = "NOT_FOUND"
+    reason = "TENANT_NOT_FOUND"
+
+
+class KeyNotFound(Rejection):
+    """The tenant has no key with this id."""
+
+    code = "NOT_FOUND"
+    reason = "KEY_NOT_FOUND"
+
+
+class TenantAlreadyExists(Rejection):
+    """A tenant (of the store or the config) has this name already."""
+
+    code = "ALREADY_EXISTS"
+    reason = "TENANT_ALREADY_EXISTS"
+
+
+class TenantDefinedInConfig(Rejection):
+    """The tenant is defined in the config file: AdminService cannot change it."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "TENANT_DEFINED_IN_CONFIG"
+
+
+class KeyRevoked(Rejection):
+    """The key is revoked: it cannot be rotated."""
+
+    code = "FAILED_PRECONDITION"
+    reason = "KEY_REVOKED"
+
+
+class StorageUnavailable(GatewayError):
+    """The budget or tenant store cannot answer, and the gateway fails closed."""
+
+    code = "UNAVAILABLE"
+    reason = "STORE_UNAVAILABLE"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -41,3 +41,17 @@ def cost_of(usage: Usage, price: Price) -> Cost:
 def worst_case_nano(input_tokens: int, max_tokens: int, price: Price) -> int:
     """The most a call can cost: every input token uncached, every output token used."""
     return cost_of(Usage(input_tokens=input_tokens, output_tokens=max_tokens), price).total_nano_usd
+
+
+def affordable_output_tokens(remaining_nano: int, input_tokens: int, price: Price) -> int | None:
+    """The most output tokens ``remaining_nano`` pays for after ``input_tokens`` of
+    uncached input (negative when even the input does not fit); None when output is free
+    (any number fits)."""
+    input_nano = cost_of(Usage(input_tokens=input_tokens), price).total_nano_usd
+    left = remaining_nano - input_nano
+    if price.output_nano_per_million == 0:
+        return None if left >= 0 else -1
+    if left < 0:
+        return -1
+    # ceil(m * p / 1e6) <= left  <=>  m * p <= left * 1e6
+    return left * _PER_MILLION // price.output_nano_per_million

@@ -58,6 +58,7 @@ class Route:
     context_policy: ContextPolicy
     max_cost_nano_usd: int
     retry_policy: RetryPolicy
+    min_max_tokens: int = 16
     targets: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,5 +120,6 @@ def build_routes(
                 retry=rc.retry or defaults.retry,
                 fallback_on_content_policy=rc.fallback_on_content_policy,
             ),
+            min_max_tokens=rc.min_max_tokens,
         )
     return routes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from llmgateway_server.call import CallState, Prompt
@@ -23,6 +23,7 @@ from llmgateway_server.errors import (
     ProviderError,
     UpstreamUnavailable,
 )
+from llmgateway_server.metering import meter_partial, meter_result
 from llmgateway_server.resilience import (
     CircuitBreaker,
     Decision,
@@ -36,6 +37,7 @@ from llmgateway_server.types import (
     Attempt,
     AttemptOutcome,
     FailureClass,
+    Metered,
     StreamItem,
     UpstreamCall,
     UpstreamResult,
@@ -103,6 +105,7 @@ class Router:
         outcome: AttemptOutcome,
         started: float,
         detail: str = "",
+        metered: Metered | None = None,
     ) -> None:
         state.attempts.append(
             Attempt(
@@ -111,10 +114,11 @@ class Router:
                 outcome=outcome,
                 latency_s=max(0.0, self._clock.now() - started),
                 detail=detail,
+                metered=metered,
             )
         )
 
-    async def run(self, state: CallState) -> AsyncIterator[StreamItem]:
+    async def run(self, state: CallState) -> AsyncGenerator[StreamItem, None]:
         """Yield the deltas (streams only) and then the UpstreamResult of the target that
         served the call; ``state.served_by`` names it.
 
@@ -233,6 +237,8 @@ class Router:
             raise DeadlineExceeded("the deadline passed before an upstream answered")
         state.current_target = target
         state.current_prompt = prompt
+        state.current_call = None
+        produced_from = len(state.output_parts)  # deltas before this attempt are not its
         self._in_flight[target.id] += 1
         verdict = False
         try:
@@ -241,14 +247,25 @@ class Router:
                     if isinstance(item, UpstreamResult):
                         verdict = True
                         breaker.record_success()
-                        self._record(state, target, AttemptOutcome.SUCCESS, started)
+                        self._record(
+                            state,
+                            target,
+                            AttemptOutcome.SUCCESS,
+                            started,
+                            metered=meter_result(target, prompt, item),
+                        )
                         state.served_by = target
                     yield item
         except ProviderError as exc:
             verdict = True
             breaker.record_failure(exc.failure_class, exc.retry_after_s)
             self._record(
-                state, target, AttemptOutcome.from_failure(exc.failure_class), started, exc.message
+                state,
+                target,
+                AttemptOutcome.from_failure(exc.failure_class),
+                started,
+                exc.message,
+                self._partial(state, target, prompt, produced_from),
             )
             yield exc
         finally:
@@ -256,7 +273,21 @@ class Router:
             if not verdict:
                 breaker.release()
                 if state.served_by is None:
-                    self._record(state, target, AttemptOutcome.CANCELLED, started)
+                    self._record(
+                        state,
+                        target,
+                        AttemptOutcome.CANCELLED,
+                        started,
+                        metered=self._partial(state, target, prompt, produced_from),
+                    )
+
+    @staticmethod
+    def _partial(state: CallState, target: Target, prompt: Prompt, produced_from: int) -> Metered:
+        """What a failed or cancelled attempt may be billed (metering decides)."""
+        call = state.current_call
+        produced = "".join(state.output_parts[produced_from:])
+        accepted = call is not None and call.accepted
+        return meter_partial(target, prompt, produced, accepted=accepted)
 
     @staticmethod
     def _log_failure(
@@ -283,6 +314,7 @@ class Router:
         now = clock.now()
         attempt_deadline = min(state.deadline, now + state.route.timeout_s)
         call = self._call(state, target, prompt, attempt_deadline - now)
+        state.current_call = call
         offset = loop.time() - now  # converts our clock's deadlines to the loop's
         if not state.streaming:
             try:

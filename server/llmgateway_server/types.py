@@ -149,6 +149,8 @@ class Attempt:
     outcome: AttemptOutcome
     latency_s: float
     detail: str = ""
+    # What the upstream may bill for this attempt (metering.py); None: nothing.
+    metered: Metered | None = None
 
 
 @dataclass(slots=True)  # built per call: frozen init costs a setattr per field
@@ -184,6 +186,9 @@ class UpstreamCall:
     top_p: float | None
     stop: Sequence[str]
     timeout_s: float
+    # Set by the provider once the upstream accepted the request (a 2xx status): from
+    # then on it may bill the prompt even if the attempt fails.
+    accepted: bool = False
 
 
 @dataclass(slots=True)  # built per call: frozen init costs a setattr per field

@@ -9,12 +9,13 @@ bifrost-style hooks).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Protocol
 
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
+from llmgateway_server.metering import total
 from llmgateway_server.pipeline.outcome import classify_outcome
-from llmgateway_server.pipeline.usage import meter
 from llmgateway_server.routing import Router
 from llmgateway_server.types import CallOutcome, Completion, TextDelta, UpstreamResult
 
@@ -42,34 +43,50 @@ class Pipeline:
         self._clock = clock
 
     async def run(self, state: CallState) -> AsyncGenerator[TextDelta | Completion, None]:
-        """Yield text deltas (streaming calls) and then exactly one Completion."""
+        """Yield text deltas (streaming calls) and then exactly one Completion.
+
+        Every started policy's ``after`` has run before the Completion is yielded: the
+        usage record is durable, and the budget settled, before the caller can see the
+        final result. A call that fails or is cancelled gets its ``after``s in
+        ``finally``, before the error reaches the caller.
+        """
         started: list[Policy] = []
+        finished = False
         try:
             for policy in self._policies:
                 started.append(policy)
                 await policy.before(state)
-            async for item in self._router.run(state):
-                if isinstance(item, UpstreamResult):
-                    completion = self._complete(state, item)
-                    state.completion = completion
-                    state.outcome = CallOutcome.SUCCESS
-                    yield completion
-                else:
-                    if state.first_token_at is None:
-                        state.first_token_at = self._clock.now()
-                    state.output_parts.append(item.text)
-                    yield item
+            async with aclosing(self._router.run(state)) as items:
+                async for item in items:
+                    if isinstance(item, UpstreamResult):
+                        completion = self._complete(state, item)
+                        state.completion = completion
+                        state.outcome = CallOutcome.SUCCESS
+                        finished = True
+                        await self._after(started, state)
+                        yield completion
+                    else:
+                        if state.first_token_at is None:
+                            state.first_token_at = self._clock.now()
+                        state.output_parts.append(item.text)
+                        yield item
         except BaseException as exc:  # recorded for the ledger, then re-raised unchanged
-            state.outcome, state.error_reason = classify_outcome(state, exc, self._clock.now())
+            if not finished:
+                state.outcome, state.error_reason = classify_outcome(state, exc, self._clock.now())
             raise
         finally:
-            for policy in reversed(started):
-                await policy.after(state)
+            if not finished:
+                await self._after(started, state)
+
+    @staticmethod
+    async def _after(started: list[Policy], state: CallState) -> None:
+        for policy in reversed(started):
+            await policy.after(state)
 
     def _complete(self, state: CallState, result: UpstreamResult) -> Completion:
         target = state.served_by
         assert target is not None, "the router names the target that served a result"
-        metered = meter(state, result)
+        metered = total(state.attempts)
         state.metered = metered
         prompt = state.current_prompt
         return Completion(

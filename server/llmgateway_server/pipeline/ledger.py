@@ -13,15 +13,15 @@ import time
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
 from llmgateway_server.errors import GatewayError
+from llmgateway_server.metering import total
 from llmgateway_server.pipeline.outcome import classify_error
-from llmgateway_server.pipeline.usage import meter
-from llmgateway_server.storage.base import UsageLedger, UsageRecord
-from llmgateway_server.types import CallOutcome, CompletionRequest
+from llmgateway_server.storage.base import AttemptRecord, UsageLedger, UsageRecord
+from llmgateway_server.types import Attempt, CallOutcome, CompletionRequest
 
 
 def build_record(state: CallState, now: float) -> UsageRecord:
     """The usage record of a finished call."""
-    metered = state.metered if state.metered is not None else meter(state)
+    metered = state.metered if state.metered is not None else total(state.attempts)
     state.metered = metered
     target = state.served_by or state.current_target
     completion = state.completion
@@ -53,7 +53,27 @@ def build_record(state: CallState, now: float) -> UsageRecord:
         if state.first_token_at is not None
         else None,
         finished_at_unix_s=time.time(),
+        key_id=state.key_id,
+        key_prefix=state.key_prefix,
+        attempts=tuple(_attempt_record(a) for a in state.attempts),
     )
+
+
+def _attempt_record(attempt: Attempt) -> AttemptRecord:
+    metered = attempt.metered
+    record = AttemptRecord(
+        provider=attempt.provider,
+        upstream_model=attempt.upstream_model,
+        outcome=attempt.outcome.value,
+        latency_s=round(attempt.latency_s, 6),
+    )
+    if metered is not None:
+        record.input_tokens = metered.usage.input_tokens
+        record.output_tokens = metered.usage.output_tokens
+        record.cached_input_tokens = metered.usage.cached_input_tokens
+        record.cost_nano_usd = metered.cost.total_nano_usd
+        record.usage_estimated = metered.estimated
+    return record
 
 
 class LedgerPolicy:

@@ -1,0 +1,295 @@
+"""Budget and rate-limit policy: reserve the worst case before any upstream call, settle
+to what the ledger records after it.
+
+Before: the tenant's rate limits are taken (one request, and the prompt's token bound
+plus max_tokens), then a reservation is made against the tenant's and the key's budgets
+(USD and tokens, per UTC day and month): the prompt's token bound at the input price
+plus max_tokens at the output price, at the dearest target the chain may try. When the
+budget can afford less than the requested max_tokens, the call goes on with the
+max_tokens it can afford; below the route's ``min_max_tokens`` it is refused
+(BUDGET_EXCEEDED, naming the scope, window and limit, with RetryInfo until the window
+resets). Every call reserves, even one without limits: the reservation is how a reused
+request_id is caught (it is refused, never sent or charged twice) and how a call cut
+short by a crash is found (its lease passes, it is charged in full and recorded as
+abandoned by ``sweep_abandoned``).
+
+After: the reservation is settled to the call's metered total, the same figures the
+ledger records. A settle that cannot reach the store leaves the reservation to expire:
+it is then charged at the reserved amount, an upper bound.
+
+A store that cannot answer refuses new calls (UNAVAILABLE) unless
+``budgets.on_store_error`` is ``open``: then calls go on without a reservation, and
+each one logs that it did.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from llmgateway_server.call import CallState
+from llmgateway_server.clock import Clock
+from llmgateway_server.errors import (
+    BudgetExceeded,
+    QuotaViolation,
+    RateLimited,
+    RequestIdReused,
+    StorageUnavailable,
+)
+from llmgateway_server.metering import total
+from llmgateway_server.pricing import affordable_output_tokens, worst_case_nano
+from llmgateway_server.storage.base import (
+    BudgetStore,
+    DuplicateRequest,
+    Periods,
+    Refusal,
+    Remaining,
+    Reservation,
+    StoreUnavailable,
+    UsageLedger,
+    UsageRecord,
+)
+from llmgateway_server.types import CallOutcome
+
+log = logging.getLogger("llmgateway.budget")
+
+# A reservation refused because another call took the budget in between is re-planned
+# against what is left this many times before the call is refused.
+_RESERVE_TRIES = 3
+
+
+def periods_at(unix_s: float) -> Periods:
+    """The UTC day and month of ``unix_s`` and when each ends."""
+    now = datetime.fromtimestamp(unix_s, tz=UTC)
+    day_start = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp()
+    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    month_start = datetime(now.year, now.month, 1, tzinfo=UTC).timestamp()
+    return Periods(
+        day=now.strftime("%Y-%m-%d"),
+        month=now.strftime("%Y-%m"),
+        day_ends_unix_s=day_start + 86_400,
+        month_ends_unix_s=month_start + days_in_month * 86_400,
+    )
+
+
+class BudgetPolicy:
+    """Reserves before the router, settles after it."""
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        clock: Clock,
+        *,
+        fail_open: bool,
+        lease_grace_s: float,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._fail_open = fail_open
+        self._lease_grace_s = lease_grace_s
+        self._wall = wall_clock
+
+    async def before(self, state: CallState) -> None:
+        """Take the rate limits, then reserve; may lower ``state.max_tokens``."""
+        now = self._wall()
+        try:
+            await self._take_rate(state, now)
+            await self._reserve(state, now)
+        except StoreUnavailable as exc:
+            if not self._fail_open:
+                raise StorageUnavailable(
+                    "the budget store is unavailable; no call is admitted without a "
+                    "reservation (budgets.on_store_error: closed)"
+                ) from exc
+            log.warning(
+                "budget store unavailable: call admitted without a reservation "
+                "(budgets.on_store_error: open)",
+                extra={"request_id": state.request_id, "tenant": state.tenant},
+            )
+
+    async def _take_rate(self, state: CallState, now: float) -> None:
+        limits = state.rate_limits
+        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+            return
+        tokens = _prompt_bound(state) + state.max_tokens
+        refusal = await self._store.take(
+            state.tenant, limits, requests=1, tokens=tokens, now_unix_s=now
+        )
+        if refusal is not None:
+            raise RateLimited(
+                f"tenant {state.tenant!r} is over its rate limit of {refusal.limit} "
+                f"{refusal.dimension} per minute",
+                metadata=_refusal_metadata(refusal),
+                retry_after_s=refusal.retry_after_s,
+                quota_violations=[_violation(refusal)],
+            )
+
+    async def _reserve(self, state: CallState, now: float) -> None:
+        periods = periods_at(now)
+        scopes = state.budget_scopes
+        limited = any(not scope.limits.unlimited for scope in scopes)
+        floor = min(state.route.min_max_tokens, state.max_tokens)
+        lease = now + max(0.0, state.deadline - self._clock.now()) + self._lease_grace_s
+        refusal: Refusal | None = None
+        for _ in range(_RESERVE_TRIES):
+            remaining = (
+                await self._store.remaining(scopes, periods) if limited else Remaining(None, None)
+            )
+            max_tokens = max(floor, min(state.max_tokens, self._affordable(state, remaining)))
+            reservation = Reservation(
+                request_id=state.request_id,
+                tenant=state.tenant,
+                scopes=scopes,
+                periods=periods,
+                nano_usd=self._worst_case(state, max_tokens),
+                tokens=_prompt_bound(state) + max_tokens,
+                lease_until_unix_s=lease,
+                key_prefix=state.key_prefix,
+                route=state.route.name,
+            )
+            try:
+                refusal = await self._store.reserve(reservation)
+            except DuplicateRequest:
+                raise RequestIdReused(
+                    f"request_id {state.request_id!r} was used before; a request is "
+                    "never sent or charged twice",
+                    metadata={"request_id": state.request_id},
+                ) from None
+            if refusal is None:
+                if max_tokens < state.max_tokens:
+                    log.info(
+                        "max_tokens lowered to what the budget affords",
+                        extra={
+                            "request_id": state.request_id,
+                            "requested": state.max_tokens,
+                            "granted": max_tokens,
+                        },
+                    )
+                state.max_tokens = max_tokens
+                state.reservation = reservation
+                return
+            if max_tokens <= floor:
+                break  # even the floor does not fit: refuse, naming the limit
+        assert refusal is not None, "every try that does not return was refused"
+        raise BudgetExceeded(
+            f"the {refusal.window} {refusal.dimension} budget of {refusal.scope_kind} "
+            f"{refusal.scope_id!r} ({_amount(refusal.dimension, refusal.limit)}) cannot "
+            f"cover this request (max_tokens at least {floor})",
+            metadata=_refusal_metadata(refusal),
+            retry_after_s=refusal.retry_after_s,
+            quota_violations=[_violation(refusal)],
+        )
+
+    @staticmethod
+    def _worst_case(state: CallState, max_tokens: int) -> int:
+        worst = 0
+        for target in state.route.targets:
+            prompt = state.prompt_for(target)
+            if prompt is not None:
+                worst = max(worst, worst_case_nano(prompt.token_bound, max_tokens, target.price))
+        return worst
+
+    @staticmethod
+    def _affordable(state: CallState, remaining: Remaining) -> int:
+        """The most output tokens every target the chain may try can afford."""
+        affordable = state.max_tokens
+        prompt_tokens = _prompt_bound(state)
+        if remaining.tokens is not None:
+            affordable = min(affordable, remaining.tokens - prompt_tokens)
+        if remaining.nano_usd is not None:
+            for target in state.route.targets:
+                prompt = state.prompt_for(target)
+                if prompt is None:
+                    continue
+                fits = affordable_output_tokens(
+                    remaining.nano_usd, prompt.token_bound, target.price
+                )
+                if fits is not None:
+                    affordable = min(affordable, fits)
+        return affordable
+
+    async def after(self, state: CallState) -> None:
+        """Settle the reservation to the call's metered total."""
+        reservation = state.reservation
+        if reservation is None:
+            return
+        metered = state.metered if state.metered is not None else total(state.attempts)
+        usage = metered.usage
+        try:
+            await self._store.settle(
+                reservation.request_id,
+                reservation.tenant,
+                metered.cost.total_nano_usd,
+                usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
+            )
+        except StoreUnavailable:
+            log.error(
+                "budget store unavailable at settle: the reservation will be charged in "
+                "full when its lease passes",
+                extra={"request_id": reservation.request_id, "tenant": reservation.tenant},
+            )
+
+
+def _prompt_bound(state: CallState) -> int:
+    """The largest prompt token bound over the targets that can take the call."""
+    bound = 0
+    for target in state.route.targets:
+        prompt = state.prompt_for(target)
+        if prompt is not None:
+            bound = max(bound, prompt.token_bound)
+    return bound
+
+
+def _amount(dimension: str, value: int) -> str:
+    if dimension == "usd":
+        return f"${value / 1e9:.9f}".rstrip("0").rstrip(".")
+    return f"{value} {dimension}"
+
+
+def _violation(refusal: Refusal) -> QuotaViolation:
+    return QuotaViolation(
+        subject=f"{refusal.scope_kind}:{refusal.scope_id}",
+        description=(
+            f"{refusal.window} {refusal.dimension} limit "
+            f"{_amount(refusal.dimension, refusal.limit)}"
+        ),
+    )
+
+
+def _refusal_metadata(refusal: Refusal) -> dict[str, str]:
+    return {
+        "scope": f"{refusal.scope_kind}:{refusal.scope_id}",
+        "window": refusal.window,
+        "dimension": refusal.dimension,
+        "limit": str(refusal.limit),
+        "used": str(refusal.used),
+    }
+
+
+async def sweep_abandoned(store: BudgetStore, ledger: UsageLedger, now_unix_s: float) -> int:
+    """Charge reservations whose lease passed (their call's process died) and record
+    each as an ``abandoned`` call, charged the reserved amount (an upper bound: tokens
+    are all counted as input, and marked estimated). Returns how many were found."""
+    expired = await store.expire(now_unix_s)
+    for reservation in expired:
+        await ledger.write(
+            UsageRecord(
+                request_id=reservation.request_id,
+                tenant=reservation.tenant,
+                route=reservation.route,
+                outcome=CallOutcome.ABANDONED.value,
+                finished_at_unix_s=now_unix_s,
+                key_prefix=reservation.key_prefix,
+                input_tokens=reservation.tokens,
+                cost_nano_usd=reservation.nano_usd,
+                usage_estimated=True,
+                error_reason="ABANDONED",
+            )
+        )
+    if expired:
+        log.warning("abandoned calls charged", extra={"count": len(expired)})
+    return len(expired)
