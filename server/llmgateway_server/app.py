@@ -8,7 +8,8 @@ import ctypes
 import gc
 import logging
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from grpc import aio
@@ -17,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from llmgateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from llmgateway_server.admin import Admin, config_tenant_records
 from llmgateway_server.auth import Authenticator
 from llmgateway_server.clock import Clock, SystemClock
 from llmgateway_server.config import (
@@ -30,7 +32,9 @@ from llmgateway_server.config import (
 )
 from llmgateway_server.errors import ConfigError
 from llmgateway_server.gateway import Gateway
+from llmgateway_server.key_cache import StoreKeyCache
 from llmgateway_server.pipeline import Pipeline, Policy
+from llmgateway_server.pipeline.budget import BudgetPolicy, sweep_abandoned
 from llmgateway_server.pipeline.context_window import ContextWindowPolicy
 from llmgateway_server.pipeline.cost_guard import CostGuardPolicy
 from llmgateway_server.pipeline.ledger import LedgerPolicy
@@ -44,11 +48,25 @@ from llmgateway_server.providers.tls import TlsSettings
 from llmgateway_server.routes import build_routes
 from llmgateway_server.routing import Router
 from llmgateway_server.secrets import Secret
-from llmgateway_server.storage.base import UsageLedger
+from llmgateway_server.storage.base import (
+    BudgetStore,
+    StoreUnavailable,
+    TenantStore,
+    UsageLedger,
+    UsageReader,
+)
 from llmgateway_server.storage.log_ledger import LogLedger
+from llmgateway_server.storage.sqlite import (
+    SqliteBudgetStore,
+    SqliteDatabase,
+    SqliteLedger,
+    SqliteTenantStore,
+)
 from llmgateway_server.tokens import Tokenizers
+from llmgateway_server.transport.admin_servicer import add_admin_services
 from llmgateway_server.transport.interceptors import RequestContextInterceptor
 from llmgateway_server.transport.servicer import GatewayServicer
+from llmgateway_server.usage_report import UsageReports
 
 log = logging.getLogger("llmgateway.server")
 
@@ -110,6 +128,35 @@ def build_provider(
 
 
 @dataclass
+class Storage:
+    """The stores of one process, opened from ``storage:`` in the config."""
+
+    ledger: UsageLedger
+    reader: UsageReader
+    budgets: BudgetStore
+    tenants: TenantStore
+
+    async def aclose(self) -> None:
+        """Close every store (the ledger last: it may still be flushing)."""
+        await self.budgets.aclose()
+        await self.tenants.aclose()
+        await self.ledger.aclose()
+
+
+async def open_storage(config: GatewayConfig) -> Storage:
+    """Open (creating and migrating as needed) the stores the config names: on one node
+    everything in the SQLite file of ``storage.url``."""
+    db = await SqliteDatabase.open(config.storage.sqlite_path)
+    ledger = SqliteLedger(db)  # each store holds the file open; the last to close closes it
+    return Storage(
+        ledger=ledger,
+        reader=ledger,
+        budgets=SqliteBudgetStore(db),
+        tenants=SqliteTenantStore(db),
+    )
+
+
+@dataclass
 class Components:
     """Everything the server runs on, built from one config."""
 
@@ -117,6 +164,12 @@ class Components:
     authenticator: Authenticator
     providers: dict[str, Provider]
     ledger: UsageLedger
+    storage: Storage | None = None
+    lease_sweep_s: float = 5.0
+    # AdminService / UsageService and the store keys' cache: only with a storage.
+    admin: Admin | None = None
+    usage: UsageReports | None = None
+    key_cache: StoreKeyCache | None = None
 
 
 def build_components(
@@ -127,6 +180,8 @@ def build_components(
     clock: Clock | None = None,
     ledger: UsageLedger | None = None,
     proxies: Mapping[str, ProxyRoute | None] | None = None,
+    storage: Storage | None = None,
+    admin_keys: Collection[str] = (),
 ) -> Components:
     """Wire the gateway from a validated config and the resolved secrets.
 
@@ -142,16 +197,31 @@ def build_components(
     }
     tokenizers = Tokenizers(config.tokenizer.encodings_dir)
     routes = build_routes(config, providers, tokenizers)
+    # Store keys authenticate beside the config's (config first), through a short cache.
+    key_cache = StoreKeyCache(storage.tenants) if storage is not None else None
     authenticator = Authenticator(
         tenant_keys,
         {t.name: t.routes for t in config.auth.tenants},
         config.auth.anonymous_tenant,
+        budgets_by_tenant={t.name: t.budgets.limits() for t in config.auth.tenants},
+        rate_limits_by_tenant={t.name: t.rate_limits.limits() for t in config.auth.tenants},
+        admin_digests=admin_keys,
+        store_keys=key_cache,
     )
-    ledger = ledger or LogLedger()
+    ledger = ledger or (storage.ledger if storage is not None else LogLedger())
     # Ledger first so its record is written last; the prompt is planned (and trimmed)
-    # before the cost guard prices it.
+    # before the cost guard prices it, and both before the budget reserves for it.
     ledger_policy = LedgerPolicy(ledger, clock)
     policies: list[Policy] = [ledger_policy, ContextWindowPolicy(), CostGuardPolicy()]
+    if storage is not None:
+        policies.append(
+            BudgetPolicy(
+                storage.budgets,
+                clock,
+                fail_open=config.budgets.on_store_error == "open",
+                lease_grace_s=config.budgets.lease_grace_s,
+            )
+        )
     pipeline = Pipeline(policies, Router(clock), clock)
     gateway = Gateway(
         routes=routes,
@@ -166,6 +236,17 @@ def build_components(
         authenticator=authenticator,
         providers=providers,
         ledger=ledger,
+        storage=storage,
+        admin=None
+        if storage is None
+        else Admin(
+            storage.tenants,
+            config_tenants=config_tenant_records(config.auth),
+            route_names=config.routes,
+            key_cache=key_cache,
+        ),
+        usage=None if storage is None else UsageReports(storage.reader),
+        key_cache=key_cache,
     )
 
 
@@ -213,9 +294,15 @@ class GatewayServer:
             GatewayServicer(components.gateway), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        admin_services: tuple[str, ...] = ()
+        if components.admin is not None and components.usage is not None:
+            admin_services = add_admin_services(
+                self._server, admin=components.admin, usage=components.usage
+            )
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                *admin_services,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -223,6 +310,7 @@ class GatewayServer:
         )
         self.port = 0
         self._stopped = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, listen: str | None = None) -> int:
         """Bind, start, and report SERVING. Returns the bound port."""
@@ -231,6 +319,11 @@ class GatewayServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
+        storage = self._components.storage
+        if storage is not None:
+            self._sweeper = asyncio.create_task(
+                _sweep_leases(storage.budgets, self._components.ledger, self._components)
+            )
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -248,13 +341,34 @@ class GatewayServer:
         await self._server.stop(grace)
         for provider in self._components.providers.values():
             await provider.aclose()
-        await self._components.ledger.aclose()
+        await self._components.gateway.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._components.key_cache is not None:
+            await self._components.key_cache.aclose()  # writes the keys' last use
+        if self._components.storage is not None:
+            await self._components.storage.aclose()
+        else:
+            await self._components.ledger.aclose()
         self._stopped.set()
         log.info("stopped")
 
     async def wait_stopped(self) -> None:
         """Until ``stop`` has finished."""
         await self._stopped.wait()
+
+
+async def _sweep_leases(store: BudgetStore, ledger: UsageLedger, components: Components) -> None:
+    """Every few seconds (and at once, at start-up): charge the reservations of calls
+    whose process died and record them as abandoned."""
+    while True:
+        try:
+            await sweep_abandoned(store, ledger, time.time())
+        except StoreUnavailable:
+            log.warning("lease sweep: the budget store is unavailable; retrying")
+        await asyncio.sleep(components.lease_sweep_s)
 
 
 async def serve(

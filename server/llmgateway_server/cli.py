@@ -1,4 +1,4 @@
-"""``llmgateway run | check-config | health``."""
+"""``llmgateway run | check-config | health | admin | usage``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from llmgateway_server import admin_cli
 from llmgateway_server.config import (
     GatewayConfig,
     load_config,
+    resolve_admin_keys,
     resolve_secrets,
     secret_values,
 )
@@ -21,11 +23,12 @@ def _load(path: str | None) -> GatewayConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from llmgateway_server.app import build_components, serve
+    from llmgateway_server.app import build_components, open_storage, serve
     from llmgateway_server.observability import configure_logging
 
     config = _load(args.config)
     provider_keys, tenant_keys = resolve_secrets(config)
+    admin_keys = resolve_admin_keys(config)
     logs = configure_logging(config.server.log_level, secret_values(config))
     if config.server.event_loop == "uvloop":
         import uvloop
@@ -33,7 +36,10 @@ def _run(args: argparse.Namespace) -> int:
         uvloop.install()
 
     async def main() -> None:
-        components = build_components(config, provider_keys, tenant_keys)
+        storage = await open_storage(config)
+        components = build_components(
+            config, provider_keys, tenant_keys, storage=storage, admin_keys=admin_keys
+        )
         await serve(config, components, listen=args.listen)
 
     try:
@@ -91,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     health.add_argument("--service", default="")
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=_health)
+    admin_cli.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from llmgateway_server.auth import Authenticator
+from llmgateway_server.auth import Authenticator, Caller
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
 from llmgateway_server.errors import (
@@ -78,18 +78,26 @@ class Gateway:
         tenant: str,
         time_remaining_s: float | None,
         streaming: bool,
+        caller: Caller | None = None,
     ) -> CallState:
         """Resolve the route and limits of a request, or refuse it.
 
         ``request`` holds the validated fields of what the caller sent and
-        ``violations`` what was wrong with the rest. A refusal is written to the usage
-        ledger (through its policy) before it is raised.
+        ``violations`` what was wrong with the rest; ``caller`` (who authenticated) gives
+        the key and the budgets and rate limits the call counts against. A refusal is
+        written to the usage ledger (through its policy) before it is raised.
         """
         try:
-            return self._open(request, violations, tenant, time_remaining_s, streaming)
+            state = self._open(request, violations, tenant, time_remaining_s, streaming)
         except GatewayError as exc:
             await self._ledger.refused(request, tenant=tenant, streaming=streaming, error=exc)
             raise
+        if caller is not None:
+            state.key_id = caller.key_id
+            state.key_prefix = caller.key_prefix
+            state.budget_scopes = caller.budget_scopes
+            state.rate_limits = caller.rate_limits
+        return state
 
     def _open(
         self,
@@ -137,6 +145,10 @@ class Gateway:
             if deadline.expired():
                 raise DeadlineExceeded("the deadline passed") from None
             raise
+
+    async def drain(self) -> None:
+        """Until every finished call's budget settlement and usage record are written."""
+        await self._pipeline.drain()
 
     def count_tokens(self, name: str, messages: Sequence[ChatMessage], tenant: str) -> TokenCount:
         """Input tokens of ``messages`` on the route's first target, and its window."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,7 +58,7 @@ async def gateway_process(
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             env={"PATH": os.environ.get("PATH", ""), **env},
-            cwd=REPO,
+            cwd=tmp_path,  # the default SQLite store goes to tmp_path/data/, never the repo
         )
     try:
         assert proc.stdout is not None
@@ -143,37 +145,58 @@ async def test_provider_keys_never_appear_in_logs(upstream: FakeUpstream, tmp_pa
         await asyncio.wait_for(gw.proc.wait(), timeout=10)
     logs = gw.logs()
     assert "attempt failed" in logs, "the failures were logged"
-    assert '"llmgateway.usage"' in logs
+    database = tmp_path / "data" / "llmgateway.db"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        outcomes = sorted(row[0] for row in db.execute("SELECT outcome FROM usage_calls"))
+    assert outcomes == ["failed", "failed", "success"], "the usage ledger has every call"
+    stored = b"".join(p.read_bytes() for p in database.parent.iterdir())
     for secret in ENV.values():
         assert secret not in logs
         assert secret[-12:] not in logs
+        assert secret.encode() not in stored
 
 
-async def test_usage_records_are_json_lines_with_every_field(
+async def test_usage_records_land_in_the_sqlite_ledger_with_every_field(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    # The embedded default keeps its ledger in data/llmgateway.db under the working
+    # directory, whatever the log level, and the record is there when the call returns.
     async with gateway_process(tmp_path, providers_config(upstream.base_url), ENV) as gw:
         async with grpc.aio.insecure_channel(gw.address) as channel:
             stub = pb_grpc.GatewayServiceStub(channel)
-            await stub.Complete(
+            reply = await stub.Complete(
                 pb.CompleteRequest(
                     model="gpt", messages=[user("x")], request_id="req-1", tags={"team": "a"}
                 ),
                 timeout=10,
             )
+            with contextlib.closing(sqlite3.connect(tmp_path / "data" / "llmgateway.db")) as db:
+                row = db.execute(
+                    "SELECT id, provider, outcome, cost_nano_usd, input_tokens, output_tokens "
+                    "FROM usage_calls WHERE request_id = 'req-1'"
+                ).fetchone()
+                tags = db.execute(
+                    "SELECT name, value FROM usage_tags WHERE call_id = ?", (row[0],)
+                ).fetchall()
+                attempts = db.execute(
+                    "SELECT outcome, cost_nano_usd FROM usage_attempts WHERE call_id = ?",
+                    (row[0],),
+                ).fetchall()
         gw.proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(gw.proc.wait(), timeout=10)
-    records = [
-        json.loads(line)["usage"] for line in gw.logs().splitlines() if '"llmgateway.usage"' in line
-    ]
-    (record,) = records
+    usage = reply.completion.usage
+    assert row[1:] == (
+        "openai",
+        "success",
+        reply.completion.cost.total_nano_usd,
+        usage.input_token_count,
+        usage.output_token_count,
+    )
+    assert row[3] > 0
+    assert tags == [("team", "a")]
+    assert attempts == [("SUCCESS", row[3])]
     access = [json.loads(line) for line in gw.logs().splitlines() if '"llmgateway.access"' in line]
     assert [(a["method"], a["code"], a["tenant"]) for a in access] == [("Complete", "OK", "local")]
-    assert record["request_id"] == "req-1"
-    assert record["tags"] == {"team": "a"}
-    assert record["provider"] == "openai"
-    assert record["outcome"] == "success"
-    assert record["cost_nano_usd"] > 0
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])

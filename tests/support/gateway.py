@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,24 +12,36 @@ import grpc
 from grpc import aio
 from llmgateway.v1 import gateway_pb2 as pb
 from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
-from llmgateway_server.app import GatewayServer, build_components
+from llmgateway_server.app import Components, GatewayServer, build_components, open_storage
 from llmgateway_server.clock import Clock
-from llmgateway_server.config import GatewayConfig, parse_config, resolve_secrets
-from llmgateway_server.storage.base import UsageRecord
+from llmgateway_server.config import (
+    GatewayConfig,
+    StorageConfig,
+    parse_config,
+    resolve_admin_keys,
+    resolve_secrets,
+)
+from llmgateway_server.storage.base import UsageLedger, UsageRecord
 
 
 @dataclass
 class MemoryLedger:
-    """Keeps usage records in a list so tests can assert on them."""
+    """Keeps usage records in a list so tests can assert on them, after writing each to
+    ``inner`` (the real ledger) when there is one."""
 
     records: list[UsageRecord] = field(default_factory=list)
+    inner: UsageLedger | None = None
 
     async def write(self, record: UsageRecord) -> None:
-        """Keep the record."""
+        """Write the record through, then keep it."""
+        if self.inner is not None:
+            await self.inner.write(record)
         self.records.append(record)
 
     async def aclose(self) -> None:
-        """Nothing to close."""
+        """Close the real ledger."""
+        if self.inner is not None:
+            await self.inner.aclose()
 
     def by_request(self, request_id: str) -> list[UsageRecord]:
         """Records of one request id."""
@@ -73,8 +86,30 @@ async def running_gateway(
     """Start the gateway for ``config_text`` on a free port; stop it afterwards."""
     config = parse_config(config_text)
     provider_keys, tenant_keys = resolve_secrets(config, environ=env or {})
-    ledger = MemoryLedger()
-    components = build_components(config, provider_keys, tenant_keys, clock=clock, ledger=ledger)
+    with tempfile.TemporaryDirectory(prefix="llmgateway-test-") as scratch:
+        if "\nstorage:" not in config_text:  # never the working tree's data/ directory
+            config = config.model_copy(
+                update={"storage": StorageConfig(url=f"sqlite:///{scratch}/gateway.db")}
+            )
+        storage = await open_storage(config)
+        ledger = MemoryLedger(inner=storage.ledger)
+        components = build_components(
+            config,
+            provider_keys,
+            tenant_keys,
+            clock=clock,
+            ledger=ledger,
+            storage=storage,
+            admin_keys=resolve_admin_keys(config, environ=env or {}),
+        )
+        async with _serving(config, components, ledger, grace_s) as running:
+            yield running
+
+
+@asynccontextmanager
+async def _serving(
+    config: GatewayConfig, components: Components, ledger: MemoryLedger, grace_s: float
+) -> AsyncIterator[RunningGateway]:
     server = GatewayServer(config, components)
     port = await server.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"

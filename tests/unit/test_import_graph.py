@@ -58,10 +58,21 @@ def _runtime_imports(path: Path, module: str) -> set[str]:
     return expanded
 
 
+def _ancestors(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
 def _graph() -> dict[str, set[str]]:
+    # A module's own packages are being imported already when it runs (their __init__
+    # imported it, or Python imports them first): an import of them is no edge.
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     return {
-        name: {m for m in _runtime_imports(path, name) if m in modules and m != name}
+        name: {
+            m
+            for m in _runtime_imports(path, name)
+            if m in modules and m != name and m not in _ancestors(name)
+        }
         for name, path in modules.items()
     }
 

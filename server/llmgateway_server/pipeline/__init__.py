@@ -8,6 +8,7 @@ bifrost-style hooks).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Protocol
@@ -41,6 +42,7 @@ class Pipeline:
         self._policies = tuple(policies)
         self._router = router
         self._clock = clock
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def run(self, state: CallState) -> AsyncGenerator[TextDelta | Completion, None]:
         """Yield text deltas (streaming calls) and then exactly one Completion.
@@ -78,10 +80,25 @@ class Pipeline:
             if not finished:
                 await self._after(started, state)
 
+    async def _after(self, started: list[Policy], state: CallState) -> None:
+        """Every started policy's ``after``, in reverse, shielded: a caller that goes
+        away (or a deadline) while they run cancels the wait, not the work, so the
+        budget is settled and the usage record written all the same."""
+        task = asyncio.ensure_future(self._afters(started, state))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
     @staticmethod
-    async def _after(started: list[Policy], state: CallState) -> None:
+    async def _afters(started: list[Policy], state: CallState) -> None:
         for policy in reversed(started):
             await policy.after(state)
+
+    async def drain(self) -> None:
+        """Until every call's ``after`` work has finished (at shutdown, before the stores
+        close)."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     def _complete(self, state: CallState, result: UpstreamResult) -> Completion:
         target = state.served_by

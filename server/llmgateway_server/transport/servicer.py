@@ -12,7 +12,7 @@ from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
 from llmgateway_server.call import CallState
 from llmgateway_server.errors import GatewayError
 from llmgateway_server.gateway import Gateway
-from llmgateway_server.transport.context import current_tenant
+from llmgateway_server.transport.context import current_caller, current_tenant
 from llmgateway_server.transport.convert import (
     CompletionProto,
     fill_completion,
@@ -45,6 +45,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             tenant=current_tenant.get(),
             time_remaining_s=context.time_remaining(),
             streaming=streaming,
+            caller=current_caller.get(None),
         )
 
     async def Complete(self, request: pb.CompleteRequest, context: Context) -> pb.CompleteResponse:
