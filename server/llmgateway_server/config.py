@@ -630,6 +630,30 @@ def resolve_secrets(
     return provider_keys, tenant_keys
 
 
+def resolve_admin_keys(
+    config: GatewayConfig, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The SHA-256 digests of the admin keys (``auth.admin``), read like tenants' keys.
+    An admin key may not also be a tenant's key."""
+    env = os.environ if environ is None else environ
+    admin = config.auth.admin
+    digests = list(admin.api_key_sha256)
+    if admin.api_key_env is not None:
+        key = _read_secret(admin.api_key_env, None, env, "auth.admin")
+        digests.append(hashlib.sha256(key.reveal().encode()).hexdigest())
+    tenant_digests = {d for t in config.auth.tenants for d in t.api_key_sha256}
+    if tenant_digests.intersection(digests):
+        raise ConfigError("auth.admin: an admin key is also a tenant's key")
+    return digests
+
+
+def environment_value(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """One environment variable (None when unset or empty), for the command line's own
+    settings such as ``LLMGATEWAY_ADMIN_KEY``: read here, as every setting is."""
+    env = os.environ if environ is None else environ
+    return env.get(name) or None
+
+
 def resolve_proxies(
     config: GatewayConfig, environ: Mapping[str, str] | None = None
 ) -> dict[str, ProxyRoute | None]:
@@ -670,6 +694,8 @@ def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = Non
         if tenant.api_key_env is not None:
             what = f"auth.tenants.{tenant.name}"
             values.append(_read_secret(tenant.api_key_env, None, env, what).reveal())
+    if config.auth.admin.api_key_env is not None:
+        values.append(_read_secret(config.auth.admin.api_key_env, None, env, "auth.admin").reveal())
     for route in resolve_proxies(config, env).values():
         if route is not None and route.authorization is not None:
             token = route.authorization.reveal().partition(" ")[2]  # "Basic <token>"
@@ -678,3 +704,15 @@ def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = Non
             if password:
                 values.append(password)
     return values
+
+
+NAIVE_BUDGETS_ENV = "LLMGATEWAY_TEST_NAIVE_BUDGETS"
+
+
+def naive_budgets_for_tests(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the budget store runs its deliberately racy check-then-charge mode: a
+    test-only switch (``LLMGATEWAY_TEST_NAIVE_BUDGETS=1``), so the concurrency tests can
+    show that their harness sees the races the atomic mode prevents. Never set it in
+    production: it overspends budgets."""
+    env = os.environ if environ is None else environ
+    return env.get(NAIVE_BUDGETS_ENV) == "1"

@@ -67,6 +67,7 @@ __all__ = [
     "EchoHeaders",
     "Error",
     "FakeUpstream",
+    "Gate",
     "Hang",
     "IgnoreStream",
     "MalformedSSE",
@@ -159,6 +160,15 @@ class Hang:
 
 
 @dataclass(frozen=True, slots=True)
+class Gate:
+    """Hold the request until ``opened`` is set (or the client goes away), then answer as
+    ``then`` says (the normal answer by default): calls held until a test lets them go."""
+
+    opened: asyncio.Event
+    then: Respond = Respond()
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """Abort the TCP connection (RST) without sending any response."""
 
@@ -225,6 +235,7 @@ Behaviour: TypeAlias = (
     | ContextTooLong
     | ContentPolicy
     | Hang
+    | Gate
     | Reset
     | MalformedSSE
     | StopMidway
@@ -948,6 +959,17 @@ class FakeUpstream:
         if isinstance(behaviour, Hang):
             await self._pause(ctx, None)
             return web.Response()
+        if isinstance(behaviour, Gate):
+            gone = ctx.conn.lost
+            opened = asyncio.ensure_future(behaviour.opened.wait())
+            try:
+                await asyncio.wait((gone, opened), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                opened.cancel()
+            if gone.done():
+                self._note_disconnect(ctx.rec)
+                return web.Response()
+            return await self._respond(ctx, self._plan(ctx, behaviour.then))
         if isinstance(behaviour, Reset):
             self._abort(ctx.request)
             return web.Response()
