@@ -423,6 +423,9 @@ class BudgetsConfig(_Strict):
     # A reservation's lease is the call's deadline plus this; past it, a reservation whose
     # call never settled (the gateway died) is charged in full and recorded as abandoned.
     lease_grace_s: float = Field(default=60.0, gt=0, le=86_400)
+    # How often each process looks for reservations whose lease passed (and once at
+    # start-up): the most an abandoned call waits, past its lease, to be recorded.
+    lease_sweep_s: float = Field(default=5.0, gt=0, le=3600)
 
 
 class ServerConfig(_Strict):
