@@ -28,7 +28,9 @@ from llmgateway_server.config import (
     OpenAICompatibleProviderConfig,
     OpenAIProviderConfig,
     ProviderConfig,
+    naive_budgets_for_tests,
     resolve_proxies,
+    resolve_storage_url,
 )
 from llmgateway_server.errors import ConfigError
 from llmgateway_server.gateway import Gateway
@@ -56,6 +58,12 @@ from llmgateway_server.storage.base import (
     UsageReader,
 )
 from llmgateway_server.storage.log_ledger import LogLedger
+from llmgateway_server.storage.postgres import (
+    PostgresLedger,
+    PostgresTenantStore,
+    outbox_path_for,
+)
+from llmgateway_server.storage.postgres import migrate as migrate_postgres
 from llmgateway_server.storage.sqlite import (
     SqliteBudgetStore,
     SqliteDatabase,
@@ -143,17 +151,24 @@ class Storage:
         await self.ledger.aclose()
 
 
-async def open_storage(config: GatewayConfig) -> Storage:
+async def open_storage(
+    config: GatewayConfig, environ: Mapping[str, str] | None = None
+) -> Storage:
     """Open (creating and migrating as needed) the stores the config names: on one node
-    everything in the SQLite file of ``storage.url``."""
-    db = await SqliteDatabase.open(config.storage.sqlite_path)
-    ledger = SqliteLedger(db)  # each store holds the file open; the last to close closes it
-    return Storage(
-        ledger=ledger,
-        reader=ledger,
-        budgets=SqliteBudgetStore(db),
-        tenants=SqliteTenantStore(db),
-    )
+    everything in the SQLite file of ``storage.url``; with ``storage.ledger_url`` the
+    ledger (its outbox beside the SQLite file) and the tenants in PostgreSQL; with
+    ``storage.budgets_url`` the budgets and rate limits in Redis."""
+    path = config.storage.sqlite_path
+    db = await SqliteDatabase.open(path)  # each store holds it open; the last closes it
+    budgets: BudgetStore = SqliteBudgetStore(db, naive_for_tests=naive_budgets_for_tests())
+    postgres_url = resolve_storage_url(config, "ledger", environ)
+    if postgres_url is None:
+        sqlite_ledger = SqliteLedger(db)
+        return Storage(sqlite_ledger, sqlite_ledger, budgets, SqliteTenantStore(db))
+    await migrate_postgres(postgres_url)
+    ledger = await PostgresLedger.open(postgres_url, outbox_path_for(path))
+    tenants = await PostgresTenantStore.open(postgres_url)
+    return Storage(ledger, ledger, budgets, tenants)
 
 
 @dataclass
@@ -247,6 +262,7 @@ def build_components(
         ),
         usage=None if storage is None else UsageReports(storage.reader),
         key_cache=key_cache,
+        lease_sweep_s=config.budgets.lease_sweep_s,
     )
 
 

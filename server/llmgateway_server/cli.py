@@ -1,4 +1,4 @@
-"""``llmgateway run | check-config | health | admin | usage``."""
+"""``llmgateway run | check-config | health | migrate | admin | usage``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from llmgateway_server.config import (
     load_config,
     resolve_admin_keys,
     resolve_secrets,
+    resolve_storage_url,
     secret_values,
 )
 from llmgateway_server.errors import ConfigError
@@ -59,6 +60,26 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from llmgateway_server.storage.base import SchemaTooNew, StoreUnavailable
+    from llmgateway_server.storage.sqlite import migrate_file
+
+    config = _load(args.config)
+    path = config.storage.sqlite_path
+    try:
+        print(f"sqlite {path}: schema version {migrate_file(path)}")
+        ledger_url = resolve_storage_url(config, "ledger")
+        if ledger_url is not None:
+            from llmgateway_server.storage.postgres import migrate as migrate_postgres
+
+            version = asyncio.run(migrate_postgres(ledger_url))
+            print(f"postgresql (storage.ledger_url): schema version {version}")
+    except (SchemaTooNew, StoreUnavailable) as exc:
+        print(f"llmgateway migrate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -97,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     health.add_argument("--service", default="")
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=_health)
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the configured databases (SQLite file, PostgreSQL ledger) "
+        "and print their schema versions (the gateway also does this when it starts)",
+    )
+    migrate.add_argument("--config", help="YAML config file (default: the embedded one)")
+    migrate.set_defaults(func=_migrate)
     admin_cli.add_commands(sub)
     args = parser.parse_args(argv)
     try:

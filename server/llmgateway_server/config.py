@@ -657,6 +657,22 @@ def environment_value(name: str, environ: Mapping[str, str] | None = None) -> st
     return env.get(name) or None
 
 
+def resolve_storage_url(
+    config: GatewayConfig,
+    store: Literal["ledger", "budgets"],
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The PostgreSQL (``ledger``) or Redis (``budgets``) URL of ``storage:``: the
+    ``<store>_url`` value, or the variable ``<store>_url_env`` names (unset: ConfigError
+    naming it); None when not configured (the SQLite file of ``storage.url`` holds it)."""
+    env = os.environ if environ is None else environ
+    url: str | None = getattr(config.storage, f"{store}_url")
+    name: str | None = getattr(config.storage, f"{store}_url_env")
+    if url is None and name is not None:
+        url = _read_secret(name, None, env, f"storage.{store}_url_env").reveal()
+    return url
+
+
 def resolve_proxies(
     config: GatewayConfig, environ: Mapping[str, str] | None = None
 ) -> dict[str, ProxyRoute | None]:
@@ -699,6 +715,11 @@ def secret_values(config: GatewayConfig, environ: Mapping[str, str] | None = Non
             values.append(_read_secret(tenant.api_key_env, None, env, what).reveal())
     if config.auth.admin.api_key_env is not None:
         values.append(_read_secret(config.auth.admin.api_key_env, None, env, "auth.admin").reveal())
+    for store in ("ledger", "budgets"):
+        url = resolve_storage_url(config, store, env)
+        password = urlsplit(url).password if url else None
+        if password:
+            values.append(password)
     for route in resolve_proxies(config, env).values():
         if route is not None and route.authorization is not None:
             token = route.authorization.reveal().partition(" ")[2]  # "Basic <token>"

@@ -24,16 +24,16 @@ def _authenticator(anonymous: str | None = None) -> Authenticator:
     )
 
 
-def _refusal(value: str | None, anonymous: str | None = None) -> AuthenticationFailed:
+async def _refusal(value: str | None, anonymous: str | None = None) -> AuthenticationFailed:
     with pytest.raises(AuthenticationFailed) as info:
-        _authenticator(anonymous).authenticate(value)
+        await _authenticator(anonymous).authenticate(value)
     return info.value
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
-def test_the_exact_key_authenticates_with_the_scheme_in_any_case(scheme: str) -> None:
-    assert _authenticator().authenticate(f"{scheme} {KEY}") == "team-a"
-    assert _authenticator().authenticate(f"{scheme} {OTHER_KEY}") == "team-b"
+async def test_the_exact_key_authenticates_with_the_scheme_in_any_case(scheme: str) -> None:
+    assert (await _authenticator().authenticate(f"{scheme} {KEY}")).tenant == "team-a"
+    assert (await _authenticator().authenticate(f"{scheme} {OTHER_KEY}")).tenant == "team-b"
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,8 @@ def test_the_exact_key_authenticates_with_the_scheme_in_any_case(scheme: str) ->
         f"Bearer {KEY.replace('a', 'а')}",  # a Cyrillic а in the key
     ],
 )
-def test_any_other_spelling_of_a_key_is_refused_without_echoing_it(value: str) -> None:
-    failure = _refusal(value)
+async def test_any_other_spelling_of_a_key_is_refused_without_echoing_it(value: str) -> None:
+    failure = await _refusal(value)
     assert failure.message == MALFORMED
     assert failure.reason == "API_KEY_INVALID"
     assert KEY not in str(failure)
@@ -73,21 +73,21 @@ def test_any_other_spelling_of_a_key_is_refused_without_echoing_it(value: str) -
     assert not failure.metadata
 
 
-def test_a_malformed_value_is_refused_even_when_anonymous_callers_are_admitted() -> None:
-    assert _refusal(f"Bearer {KEY} ", anonymous="local").message == MALFORMED
+async def test_a_malformed_value_is_refused_even_when_anonymous_callers_are_admitted() -> None:
+    assert (await _refusal(f"Bearer {KEY} ", anonymous="local")).message == MALFORMED
 
 
 @pytest.mark.parametrize("value", [f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", f"Bearer {KEY.upper()}"])
-def test_a_near_miss_is_an_unknown_key(value: str) -> None:
-    failure = _refusal(value)
+async def test_a_near_miss_is_an_unknown_key(value: str) -> None:
+    failure = await _refusal(value)
     assert failure.message == UNKNOWN
     assert value.split(" ", 1)[1] not in str(failure)
 
 
 @pytest.mark.parametrize("value", [None, ""])
-def test_no_value_is_the_anonymous_tenant_or_missing(value: str | None) -> None:
-    assert _authenticator("local").authenticate(value) == "local"
-    assert _refusal(value).message == MISSING
+async def test_no_value_is_the_anonymous_tenant_or_missing(value: str | None) -> None:
+    assert (await _authenticator("local").authenticate(value)).tenant == "local"
+    assert (await _refusal(value)).message == MISSING
 
 
 def test_route_permissions_follow_the_tenant() -> None:

@@ -30,6 +30,13 @@ class StoreUnavailable(Exception):
     gateway can answer UNAVAILABLE (or admit, if ``budgets.on_store_error: open``)."""
 
 
+class CountersLost(StoreUnavailable):
+    """The budget store lost its counters (a Redis restarted without its data, a
+    failover to a replica that missed writes): nothing may be admitted until the
+    counters are rebuilt from the ledger and the held reservations (the Redis store's
+    ``rebuild``). Raised by every operation until then."""
+
+
 class AlreadyExists(Exception):
     """A tenant (or key) with that name/id exists already."""
 

@@ -1,14 +1,19 @@
-"""Metadata-level concerns only: authentication (-> tenant), the access log, and the
+"""Metadata-level concerns only: authentication (-> the caller), the access log, and the
 answer to a request message that does not decode.
 
 The contract of ``RequestContextInterceptor``, per call:
 
-- GatewayService methods are authenticated from the ``authorization`` metadata before the
-  request message is looked at. An unauthenticated call is refused UNAUTHENTICATED with
-  its body unread, even a body that would not decode: a caller without a key learns
-  nothing about its payload and costs no parse. Two ``authorization`` values are refused
-  as well, whichever of them is valid.
-- On every method the server hosts (GatewayService, health, reflection), a request
+- GatewayService, AdminService and UsageService methods are authenticated from the
+  ``authorization`` metadata before the request message is looked at, and the caller
+  (``auth.Caller``) is put in the request context (``transport.context``). An
+  unauthenticated call is refused UNAUTHENTICATED with its body unread, even a body that
+  would not decode: a caller without a key learns nothing about its payload and costs no
+  parse. Two ``authorization`` values are refused as well, whichever of them is valid.
+  So is, PERMISSION_DENIED and unread, a tenant's key on AdminService
+  (ADMIN_KEY_REQUIRED) and an admin key on GatewayService (TENANT_KEY_REQUIRED); either
+  kind may call UsageService. A store key that cannot be checked because the store is
+  down is refused UNAVAILABLE (STORE_UNAVAILABLE), unread too.
+- On every method the server hosts (the three services above, health, reflection), a request
   message that protobuf cannot decode (corrupt or truncated wire format, invalid UTF-8 in
   a string, nesting past protobuf's depth limit) is answered INVALID_ARGUMENT with
   ErrorInfo reason INVALID_REQUEST and the plain message ``UNDECODABLE_MESSAGE``; no
@@ -17,7 +22,7 @@ The contract of ``RequestContextInterceptor``, per call:
   decoded messages. Such a call leaves no log record but its access-log line (code
   INVALID_ARGUMENT); health and reflection calls have none.
 - Each method's handler is wrapped once, on its first call, and reused: the wrappers read
-  the tenant from the request context, so one handler serves every caller. Only async
+  the caller from the request context, so one handler serves every caller. Only async
   behaviours are wrapped (every service this server hosts); a sync one would be served
   as registered. A stream-request behaviour gets its requests through the iterator it is
   handed; one that called ``context.read()`` instead would see the stand-in for an
@@ -37,14 +42,22 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from llmgateway_server.auth import Authenticator
-from llmgateway_server.errors import AuthenticationFailed, InvalidRequest
-from llmgateway_server.transport.context import current_tenant
+from llmgateway_server.auth import Authenticator, Caller
+from llmgateway_server.errors import (
+    AdminKeyRequired,
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    TenantKeyRequired,
+)
+from llmgateway_server.transport.context import current_caller, current_tenant
 from llmgateway_server.transport.status import to_status
 
 access_log = logging.getLogger("llmgateway.access")
 
-SERVICE_PREFIX = "/llmgateway.v1.GatewayService/"
+GATEWAY_SERVICE = "llmgateway.v1.GatewayService"
+ADMIN_SERVICE = "llmgateway.v1.AdminService"
+USAGE_SERVICE = "llmgateway.v1.UsageService"
 UNDECODABLE_MESSAGE = "the request message could not be decoded"
 SEVERAL_AUTHORIZATIONS = "send one authorization: Bearer <api key>, not several"
 
@@ -54,6 +67,32 @@ if TYPE_CHECKING:  # the stubs' generics are not subscriptable at run time
     Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 _UNDECODABLE_STATUS = to_status(InvalidRequest(UNDECODABLE_MESSAGE))
+
+ADMIN_ONLY = "AdminService needs an admin key (auth.admin in the config), not a tenant's key"
+TENANTS_ONLY = "an admin key makes no gateway calls: use a tenant's key"
+
+
+def _admin_only(caller: Caller) -> None:
+    if not caller.admin:
+        raise AdminKeyRequired(ADMIN_ONLY)
+
+
+def _tenants_only(caller: Caller) -> None:
+    if caller.admin:
+        raise TenantKeyRequired(TENANTS_ONLY)
+
+
+def _anyone(caller: Caller) -> None:
+    """UsageService: a tenant sees its own usage, an admin everyone's (the servicer
+    enforces which)."""
+
+
+# The services whose calls are authenticated, and who may call each.
+_GUARDS: dict[str, Callable[[Caller], None]] = {
+    GATEWAY_SERVICE: _tenants_only,
+    ADMIN_SERVICE: _admin_only,
+    USAGE_SERVICE: _anyone,
+}
 
 
 class _Undecodable:
@@ -179,9 +218,9 @@ def _checked(handler: Handler) -> Handler:
 
 
 class RequestContextInterceptor(aio.ServerInterceptor):
-    """Authenticates gateway calls, sets the tenant for the servicer, logs each call, and
-    answers INVALID_ARGUMENT for a request that does not decode (see the module's
-    docstring for the contract)."""
+    """Authenticates gateway, admin and usage calls, sets the caller for the servicers,
+    logs each call, and answers INVALID_ARGUMENT for a request that does not decode (see
+    the module's docstring for the contract)."""
 
     def __init__(self, authenticator: Authenticator, *, access_log_enabled: bool = True) -> None:
         self._authenticator = authenticator
@@ -192,18 +231,24 @@ class RequestContextInterceptor(aio.ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        """Authenticate gateway calls, then hand over to the wrapped handler."""
+        """Authenticate the guarded services' calls, then hand over to the wrapped handler."""
         method = handler_call_details.method
-        if method.startswith(SERVICE_PREFIX):
+        guard = _GUARDS.get(method[1:].partition("/")[0])
+        if guard is not None:
+            caller: Caller | None = None
             try:
-                tenant = self._authenticator.authenticate(_authorization(handler_call_details))
-            except AuthenticationFailed as exc:
+                caller = await self._authenticator.authenticate(
+                    _authorization(handler_call_details)
+                )
+                guard(caller)
+            except GatewayError as exc:  # unauthenticated, not permitted, or store down
                 handler = await self._handler(method, continuation, handler_call_details)
                 if handler is None:
                     return None
-                self._log(method, "-", "UNAUTHENTICATED", 0.0)
+                self._log(method, "-" if caller is None else _identity(caller), exc.code, 0.0)
                 return _replace_behavior(handler, _refusal(to_status(exc)), _skip_body)
-            current_tenant.set(tenant)
+            current_caller.set(caller)
+            current_tenant.set(caller.tenant)
         return await self._handler(method, continuation, handler_call_details)
 
     async def _handler(
@@ -215,7 +260,7 @@ class RequestContextInterceptor(aio.ServerInterceptor):
             if found is None:
                 return None  # not cached: only methods the server hosts fill the cache
             handler = _checked(found)
-            if self._access_log and method.startswith(SERVICE_PREFIX):
+            if self._access_log and method[1:].partition("/")[0] in _GUARDS:
                 handler = self._wrap(method, handler)
             self._handlers[method] = handler
         return handler
@@ -235,7 +280,9 @@ class RequestContextInterceptor(aio.ServerInterceptor):
                 code = _code_name(context, exc)
                 raise
             finally:
-                self._log(method, current_tenant.get(), code, time.perf_counter() - started)
+                self._log(
+                    method, _identity(current_caller.get()), code, time.perf_counter() - started
+                )
 
         return _replace_behavior(handler, logged)
 
@@ -250,6 +297,11 @@ class RequestContextInterceptor(aio.ServerInterceptor):
                     "duration_ms": round(seconds * 1000, 3),
                 },
             )
+
+
+def _identity(caller: Caller) -> str:
+    """Who the access log names: the tenant, or "(admin)" (not a valid tenant name)."""
+    return "(admin)" if caller.admin else caller.tenant
 
 
 def _refusal(status: grpc.Status) -> Behavior:

@@ -129,6 +129,19 @@ class SqliteBudgetStore:
             raise ValueError("requests and tokens must not be negative")
         return await self._db.write(partial(_take, tenant, limits, requests, tokens, now_unix_s))
 
+    async def prune(self, before_unix_s: float, *, batch: int = 1000) -> int:
+        """Delete settled and expired reservations made before ``before_unix_s`` (held
+        ones stay until they settle or expire), ``batch`` per transaction so writers are
+        never held up long; return how many. A request_id pruned is no longer known to
+        ``reserve``: keep reservations longer than any client would retry a request (the
+        counters, and the ledger's one row per request_id, are untouched)."""
+        pruned = 0
+        while True:
+            deleted = await self._db.write(partial(_prune, before_unix_s, batch))
+            pruned += deleted
+            if deleted < batch:
+                return pruned
+
     async def counter(
         self, kind: ScopeKind, scope_id: str, window: Window, period: str
     ) -> BudgetCounter:
@@ -206,7 +219,7 @@ def _first_refusal(
                 ("tokens", token_limit, c.spent_tokens + c.reserved_tokens, amounts.tokens),
             )
             for dimension, limit, used, amount in checks:
-                if limit is not None and used + amount >= limit:
+                if limit is not None and used + amount > limit:
                     return Refusal(
                         scope_kind=scope.kind,
                         scope_id=scope.id,
@@ -405,6 +418,16 @@ def _expire(now: float, conn: sqlite3.Connection) -> list[Reservation]:
     for r in expired:
         _charge(conn, r, (r.nano_usd, r.tokens), "expired", now)
     return expired
+
+
+def _prune(before: float, batch: int, conn: sqlite3.Connection) -> int:
+    cursor = conn.execute(
+        "DELETE FROM budget_reservations WHERE request_id IN ("
+        "SELECT request_id FROM budget_reservations "
+        "WHERE created_at_unix_s < ? AND state != 'held' LIMIT ?)",
+        (before, batch),
+    )
+    return cursor.rowcount
 
 
 def _take(

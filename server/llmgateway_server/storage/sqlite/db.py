@@ -4,25 +4,32 @@ Every write goes through one thread per process (``SqliteDatabase.write``): it t
 the operations queued while the previous transaction committed and runs them in ONE
 ``BEGIN IMMEDIATE`` transaction, each under its own savepoint (group commit), so many
 concurrent calls share a commit. A caller's future resolves only after that COMMIT has
-returned. Reads run on a small pool of read-only connections in threads
-(``SqliteDatabase.read``); WAL lets them proceed while a write is in progress, in this
-process or another. Nothing here ever runs SQLite on the event loop.
+returned. Reads (``SqliteDatabase.read``) run in a few threads on read-only connections,
+those queued together in one read transaction; WAL lets them proceed while a write is in
+progress, in this process or another. Results reach the event loop with one wake-up per
+batch. Nothing here ever runs SQLite on the event loop.
 
-Several gateway processes may share the file (SO_REUSEPORT workers): WAL, ``BEGIN
-IMMEDIATE`` (a transaction takes the write lock before it reads, so check-then-write in
-one transaction cannot interleave with another process's) and a busy timeout make that
-safe.
+Several gateway processes may share the file (SO_REUSEPORT workers): WAL and ``BEGIN
+IMMEDIATE`` (a transaction takes the write lock before it reads, so a check and the write
+that depends on it cannot interleave with another process's) make that safe. A writer
+waits for another process's transaction in naps of at most 2 ms, up to the busy timeout
+(then StoreUnavailable). Checkpoints (copying the WAL into the database) run in a thread
+of their own, so no commit pays for them.
 
 Durability (``synchronous``): in WAL mode a commit with ``NORMAL`` has written its pages
 to the WAL file (the OS has them) when COMMIT returns, so it survives the process being
 killed (kill -9, OOM); only a power loss or kernel crash can lose the last commits (the
 database stays consistent). ``FULL`` also fsyncs the WAL at every commit: durable against
-power loss, at about 1 ms per commit on this machine kind (30 µs for ``NORMAL``;
-bench/bench_ledger.py). The default is ``NORMAL``: the issue's failure is a killed
-gateway, and an fsync per call's ledger write would cost more than the gateway's whole
-per-call budget. With ``FULL``, only transactions holding a ``durable=True`` operation
-(ledger rows) pay the fsync; budget and rate-limit operations commit with ``NORMAL``
-(the next durable commit fsyncs them too, since the WAL is written in order).
+power loss, at 1-2 ms per commit on this machine kind instead of about 0.1 ms
+(bench/bench_ledger.py: one writer, 2,800 rows/s with NORMAL, 400-900 with FULL; with 64
+concurrent writers sharing commits, 10,000 against 5,000-7,000). The default is
+``NORMAL``: the failure the ledger must survive is a killed gateway, and an fsync in every
+call's path would cost more than the gateway adds to a call in all. With ``FULL``, only
+transactions holding a ``durable=True`` operation (ledger rows) pay the fsync; budget and
+rate-limit operations commit with ``NORMAL`` (the next durable commit fsyncs them too,
+since the WAL is written in order).
+
+Cancelling a caller does not cancel its operation: a write queued may still commit.
 """
 
 from __future__ import annotations
@@ -30,11 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -161,31 +168,54 @@ class SqliteDatabase:
         busy_timeout_s: float = 5.0,
         readers: int = 2,
         max_batch: int = 512,
+        checkpoint_interval_s: float = 0.1,
         migrations: tuple[Migration, ...] = MIGRATIONS,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
-        self._busy_timeout_s = busy_timeout_s
         self._max_batch = max_batch
+        self._checkpoint_interval_s = checkpoint_interval_s
         writer, self.schema_version = _open_migrated(self.path, busy_timeout_s, migrations)
+        # Checkpoints (copying the WAL into the file, with fsyncs) run in a thread of
+        # their own, never in a commit: with SQLite's automatic checkpoint, one commit in
+        # a few hundred took 5-50 ms here.
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        # The writer waits for the write lock itself (_begin), in short naps: SQLite's
+        # busy handler sleeps up to 100 ms at a time, so under contention between
+        # processes a waiter sleeps long past the lock's release (bench/bench_ledger.py,
+        # four processes: p99 of a write 12-29 ms with it, 7-13 ms without, at 1,600
+        # rows/s; 240-440 ms against 100-140 ms when they write as fast as they can).
+        writer.execute("PRAGMA busy_timeout = 0")
+        self._busy_timeout_s = busy_timeout_s
         self._writer = writer
         self._sync_now: Synchronous = "NORMAL"
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
-        self._read_conns: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all_read_conns: list[sqlite3.Connection] = []
-        for _ in range(readers):
-            conn = connect(self.path, busy_timeout_s=busy_timeout_s, read_only=True)
-            self._all_read_conns.append(conn)
-            self._read_conns.put(conn)
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="llmgateway-sqlite-read")
-        self._thread = threading.Thread(
-            target=self._run_writer, name="llmgateway-sqlite-writer", daemon=True
-        )
+        self._writes: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._reads: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._closed = False
         self._users = 0
         # Write transactions this process has committed (each may hold many operations).
         self.commits = 0
-        self._thread.start()
+        self._checkpointed_at = 0
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run_writer, name="llmgateway-sqlite-writer"),
+            threading.Thread(
+                target=self._run_checkpointer,
+                args=(connect(self.path, busy_timeout_s=busy_timeout_s),),
+                name="llmgateway-sqlite-checkpoint",
+            ),
+        ]
+        self._readers = [
+            threading.Thread(
+                target=self._run_reader,
+                args=(connect(self.path, busy_timeout_s=busy_timeout_s, read_only=True),),
+                name="llmgateway-sqlite-read",
+            )
+            for _ in range(readers)
+        ]
+        for thread in (*self._threads, *self._readers):
+            thread.daemon = True  # a gateway that exits without aclose does not hang
+            thread.start()
 
     @classmethod
     async def open(
@@ -214,53 +244,41 @@ class SqliteDatabase:
         the database is configured ``FULL``.
 
         Cancelling the caller does not cancel the operation: it may still commit."""
-        if self._closed:
-            raise StoreUnavailable(f"SQLite database {self.path} is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, durable, loop, future))
-        return await future
+        return await self._submit(self._writes, fn, durable)
 
     def _run_writer(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[_Op] = [first]  # type: ignore[list-item]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True  # finish what was queued before aclose, then stop
-                    break
-                batch.append(item)  # type: ignore[arg-type]
-            self._commit(batch)
-        self._writer.close()
-
-    def _commit(self, batch: list[_Op]) -> None:
         conn = self._writer
+        while (batch := _take_batch(self._writes, self._max_batch)) is not None:
+            _deliver(batch, self._commit(conn, batch))
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
         results: list[tuple[bool, Any]] = []
         try:
             wanted: Synchronous = self.synchronous if any(op.durable for op in batch) else "NORMAL"
             if wanted != self._sync_now:
                 conn.execute(f"PRAGMA synchronous = {wanted}")
                 self._sync_now = wanted
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
+            # A savepoint per operation, so that one failing undoes only its own changes;
+            # an operation alone in its transaction needs none (ROLLBACK undoes it).
+            alone = len(batch) == 1
             for op in batch:
-                conn.execute("SAVEPOINT op")
+                if not alone:
+                    conn.execute("SAVEPOINT op")
                 try:
                     value = op.fn(conn)
                 except Exception as exc:  # handed to its caller, who re-raises it
                     if is_fault(exc):
                         raise  # the database failed, not this operation: the batch fails
-                    conn.execute("ROLLBACK TO op")
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
+                    if alone:
+                        return [(False, exc)]
                     conn.execute("RELEASE op")
                     results.append((False, exc))
                 else:
-                    conn.execute("RELEASE op")
+                    if not alone:
+                        conn.execute("RELEASE op")
                     results.append((True, value))
             conn.execute("COMMIT")
             self.commits += 1
@@ -269,36 +287,85 @@ class SqliteDatabase:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
             # Nothing of the batch was committed: each caller gets its own error.
-            results = [
-                (False, unavailable(self.path, exc) if is_fault(exc) else exc) for _ in batch
-            ]
-        for op, (ok, value) in zip(batch, results, strict=True):
-            _deliver(op, ok, value)
+            return [(False, unavailable(self.path, exc) if is_fault(exc) else exc) for _ in batch]
+        return results
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write transaction to end in
+        naps of at most 2 ms, up to the busy timeout."""
+        deadline = time.monotonic() + self._busy_timeout_s
+        nap = 0.00025
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+                if not busy or time.monotonic() > deadline:
+                    raise
+            time.sleep(nap * random.uniform(0.5, 1.5))  # jitter: waiters do not wake together
+            nap = min(nap * 2, 0.002)
+
+    def _run_checkpointer(self, conn: sqlite3.Connection) -> None:
+        """Every interval in which this process committed, copy the WAL into the
+        database (PASSIVE: it never waits for, nor blocks, readers and writers, here or
+        in other processes). Once the WAL is all copied, the next write starts it again
+        from the top, so the file stays small."""
+        while not self._stopping.wait(self._checkpoint_interval_s):
+            commits = self.commits
+            if commits == self._checkpointed_at:
+                continue
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.OperationalError:
+                continue  # another process is checkpointing (busy): the next round will
+            self._checkpointed_at = commits
+        conn.close()
 
     # -- reads -----------------------------------------------------------------------------
 
     async def read(self, fn: Operation[T]) -> T:
-        """Run ``fn(connection)`` on a read-only connection in a thread, inside one read
-        transaction (a consistent snapshot across its statements)."""
+        """Run ``fn(connection)`` on a read-only connection in a read thread, inside a
+        read transaction begun after the call (it sees every write that returned before
+        it); reads queued together share that transaction."""
+        return await self._submit(self._reads, fn, False)
+
+    def _run_reader(self, conn: sqlite3.Connection) -> None:
+        while (batch := _take_batch(self._reads, self._max_batch)) is not None:
+            _deliver(batch, self._read_batch(conn, batch))
+        self._reads.put(_STOP)  # pass the stop on to the next reader
+        conn.close()
+
+    def _read_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN")  # one snapshot for the batch
+            for op in batch:
+                try:
+                    results.append((True, op.fn(conn)))
+                except Exception as exc:  # handed to its caller, who re-raises it
+                    if is_fault(exc):
+                        raise
+                    results.append((False, exc))
+            conn.execute("COMMIT")  # a read transaction: this only ends the snapshot
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            return [(False, unavailable(self.path, exc)) for _ in batch]
+        return results
+
+    # -- both ------------------------------------------------------------------------------
+
+    async def _submit(
+        self, to: queue.SimpleQueue[_Op | object], fn: Operation[T], durable: bool
+    ) -> T:
         if self._closed:
             raise StoreUnavailable(f"SQLite database {self.path} is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._run_read, fn)
-
-    def _run_read(self, fn: Operation[T]) -> T:
-        conn = self._read_conns.get()
-        try:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")  # a read transaction: ends the snapshot
-        except sqlite3.Error as exc:
-            if not is_fault(exc):
-                raise
-            raise unavailable(self.path, exc) from exc
-        finally:
-            self._read_conns.put(conn)
+        future: asyncio.Future[T] = loop.create_future()
+        to.put(_Op(fn, durable, loop, future))
+        return await future
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -313,31 +380,57 @@ class SqliteDatabase:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Commit what is queued, stop the writer, close every connection. Idempotent."""
+        """Finish every queued operation, stop the threads, close every connection (the
+        last connection to the file checkpoints it and removes the WAL). Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
-        await asyncio.to_thread(self._readers.shutdown, wait=True)
-        for conn in self._all_read_conns:
-            conn.close()
+        self._writes.put(_STOP)
+        self._reads.put(_STOP)
+        self._stopping.set()
+        for thread in (*self._threads, *self._readers):
+            await asyncio.to_thread(thread.join)
 
 
-def _deliver(op: _Op, ok: bool, value: Any) -> None:
-    """Resolve the caller's future on its own loop (futures are not thread-safe)."""
-    if op.loop.is_closed():
-        return  # the caller's loop is gone: nobody is waiting
-    try:
-        op.loop.call_soon_threadsafe(_resolve, op.future, ok, value)
-    except RuntimeError:
-        return  # the loop closed between the check and the call: nobody is waiting
+def _take_batch(source: queue.SimpleQueue[_Op | object], limit: int) -> list[_Op] | None:
+    """Wait for an operation, then take every one queued behind it (up to ``limit``);
+    None once the queue is stopped and what was queued before the stop is done."""
+    first = source.get()
+    if first is _STOP:
+        return None
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = source.get_nowait()
+        except queue.Empty:
+            break
+        if item is _STOP:
+            source.put(_STOP)  # seen again once this batch is done
+            break
+        batch.append(item)
+    return batch  # type: ignore[return-value]
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _deliver(batch: list[_Op], results: list[tuple[bool, Any]]) -> None:
+    """Resolve the callers' futures on their own loops (futures are not thread-safe),
+    with one wake-up per loop for the whole batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for op, (ok, value) in zip(batch, results, strict=True):
+        by_loop.setdefault(op.loop, []).append((op.future, ok, value))
+    for loop, resolved in by_loop.items():
+        if loop.is_closed():
+            continue  # the caller's loop is gone: nobody is waiting
+        try:
+            loop.call_soon_threadsafe(_resolve, resolved)
+        except RuntimeError:
+            continue  # the loop closed between the check and the call: nobody is waiting
+
+
+def _resolve(resolved: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in resolved:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

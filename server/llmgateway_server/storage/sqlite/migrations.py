@@ -151,7 +151,16 @@ _V1 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1,)
+_V2 = Migration(
+    2,
+    "reservations by creation time, for prune()",
+    (
+        """CREATE INDEX IF NOT EXISTS budget_reservations_created
+            ON budget_reservations (created_at_unix_s)""",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
