@@ -45,11 +45,24 @@ class Variant:
         return f"gateway-{self.transport}-{self.loop}{logs}{estimator}{at}"
 
 
+# On, so every call takes the rate limits and reserves against the budgets; far above
+# what the benchmark spends.
+_LIMITS: dict[str, Any] = {
+    "budgets": {"usd_per_day": "1000000", "tokens_per_day": 10**12},
+    "rate_limits": {"requests_per_minute": 10**7, "tokens_per_minute": 10**12},
+}
+
+
 def gateway_config(
-    variant: Variant, upstreams: dict[str, str], *, max_connections: int = 256
+    variant: Variant,
+    upstreams: dict[str, str],
+    *,
+    max_connections: int = 256,
+    database: str = "",
 ) -> dict[str, Any]:
     """The config for ``variant`` with one provider, target and route per upstream
-    (route name -> upstream base URL without ``/v1``)."""
+    (route name -> upstream base URL without ``/v1``); its state in the SQLite file
+    ``database`` (budgets and rate limits on, never reached)."""
     providers: dict[str, Any] = {}
     targets: dict[str, Any] = {}
     routes: dict[str, Any] = {}
@@ -83,8 +96,22 @@ def gateway_config(
             "default_deadline_s": 60,
         },
         "auth": {
-            "tenants": [{"name": "bench", "api_key_env": workload.TENANT_KEY_ENV, "routes": ["*"]}]
+            "tenants": [
+                {
+                    "name": "bench",
+                    "api_key_env": workload.TENANT_KEY_ENV,
+                    "routes": ["*"],
+                    # A baseline revision may predate budgets and state: its schema would
+                    # refuse the keys.
+                    **({} if variant.baseline else _LIMITS),
+                }
+            ]
         },
+        **(
+            {"storage": {"url": f"sqlite:///{database}"}}
+            if database and not variant.baseline
+            else {}
+        ),
         "defaults": {"max_cost_usd": "1.00"},
         "providers": providers,
         "targets": targets,
@@ -92,7 +119,9 @@ def gateway_config(
     }
 
 
-def gateway_yaml(variant: Variant, upstreams: dict[str, str], *, max_connections: int = 256) -> str:
+def gateway_yaml(
+    variant: Variant, upstreams: dict[str, str], *, max_connections: int = 256, database: str = ""
+) -> str:
     """``gateway_config`` as YAML text."""
-    config = gateway_config(variant, upstreams, max_connections=max_connections)
+    config = gateway_config(variant, upstreams, max_connections=max_connections, database=database)
     return yaml.safe_dump(config, sort_keys=False)

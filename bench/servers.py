@@ -92,7 +92,13 @@ def start_gateway(
     when ``profile_to`` is given)."""
     CONFIGS.mkdir(parents=True, exist_ok=True)
     path = CONFIGS / f"{name}.yaml"
-    path.write_text(gateway_yaml(variant, upstreams, max_connections=max_connections))
+    database = OUT / "state" / f"{name}.db"  # a fresh store per gateway process
+    database.parent.mkdir(parents=True, exist_ok=True)
+    for stale in database.parent.glob(f"{name}.db*"):
+        stale.unlink()
+    path.write_text(
+        gateway_yaml(variant, upstreams, max_connections=max_connections, database=str(database))
+    )
     argv = [PY]
     if profile_to is not None:
         argv += ["-m", "cProfile", "-o", str(profile_to)]

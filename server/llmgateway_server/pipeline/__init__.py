@@ -1,9 +1,10 @@
 """The policy pipeline: pre-work in order, post-work in reverse, always.
 
 Each policy's ``before`` runs in order before the router; each policy that started
-gets its ``after`` in reverse order in ``finally``, so a failed or cancelled call still
-settles its budget and writes its usage record (Starlette-middleware semantics with
-bifrost-style hooks).
+gets its ``after`` once the call has ended, however it ended (in ``finally``), so a
+failed or cancelled call still settles its budget and writes its usage record. The
+``after``s run concurrently (none depends on another's; a group-committing store then
+takes them in one transaction), and all of them before the caller sees the final result.
 """
 
 from __future__ import annotations
@@ -91,8 +92,20 @@ class Pipeline:
 
     @staticmethod
     async def _afters(started: list[Policy], state: CallState) -> None:
-        for policy in reversed(started):
-            await policy.after(state)
+        # Concurrently: each reads the finished call's state and none depends on another's
+        # (the budget settles the figures the ledger records), and a store with group
+        # commit (SQLite's writer) then takes the settle and the usage record in one
+        # transaction instead of one after the other. The first failure is raised once all
+        # have run.
+        if len(started) == 1:
+            await started[0].after(state)
+            return
+        results = await asyncio.gather(
+            *(policy.after(state) for policy in reversed(started)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def drain(self) -> None:
         """Until every call's ``after`` work has finished (at shutdown, before the stores
