@@ -8,6 +8,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import pytest
 import uvloop
 
+from tests.support.servers import (  # noqa: F401 - fixtures, found by name
+    postgres_server,
+    redis_server,
+)
 from tests.support.upstream import FakeUpstream
 
 

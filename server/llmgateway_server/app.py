@@ -64,6 +64,7 @@ from llmgateway_server.storage.postgres import (
     outbox_path_for,
 )
 from llmgateway_server.storage.postgres import migrate as migrate_postgres
+from llmgateway_server.storage.redis_budgets import RedisBudgetStore
 from llmgateway_server.storage.sqlite import (
     SqliteBudgetStore,
     SqliteDatabase,
@@ -160,7 +161,12 @@ async def open_storage(
     ``storage.budgets_url`` the budgets and rate limits in Redis."""
     path = config.storage.sqlite_path
     db = await SqliteDatabase.open(path)  # each store holds it open; the last closes it
-    budgets: BudgetStore = SqliteBudgetStore(db, naive_for_tests=naive_budgets_for_tests())
+    redis_url = resolve_storage_url(config, "budgets", environ)
+    budgets: BudgetStore = (
+        SqliteBudgetStore(db, naive_for_tests=naive_budgets_for_tests())
+        if redis_url is None
+        else RedisBudgetStore.from_url(redis_url, naive_for_tests=naive_budgets_for_tests())
+    )
     postgres_url = resolve_storage_url(config, "ledger", environ)
     if postgres_url is None:
         sqlite_ledger = SqliteLedger(db)
@@ -235,6 +241,7 @@ def build_components(
                 clock,
                 fail_open=config.budgets.on_store_error == "open",
                 lease_grace_s=config.budgets.lease_grace_s,
+                ledger=storage.reader,
             )
         )
     pipeline = Pipeline(policies, Router(clock), clock)

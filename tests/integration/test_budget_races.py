@@ -22,11 +22,14 @@ from llmgateway.v1 import gateway_pb2 as pb
 from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
 from llmgateway_server.config import NAIVE_BUDGETS_ENV
 from llmgateway_server.pipeline.budget import periods_at
+from llmgateway_server.storage.base import BudgetLimits, Scope
+from llmgateway_server.storage.redis_budgets import RedisBudgetStore
 from llmgateway_server.storage.sqlite import SqliteBudgetStore, SqliteDatabase, SqliteLedger
 
 from tests.support.configs import ENV
 from tests.support.gateway import error_info, user
 from tests.support.processes import GatewayProcess, gateway_process
+from tests.support.servers import RedisServer
 from tests.support.upstream import FakeUpstream, Gate
 
 CALLS = 200
@@ -40,14 +43,15 @@ LIMIT_NANO = K * PER_CALL_NANO + PER_CALL_NANO // 2
 TEAM_KEY = "team-key-budget-race-0001"
 
 
-def _config(base_url: str, database: Path) -> str:
+def _config(base_url: str, database: Path, redis_url: str | None = None) -> str:
+    budgets = f"\n  budgets_url: {redis_url}" if redis_url else ""
     return f"""
 server:
   default_deadline_s: 60
   log_level: warning
   access_log: false
 storage:
-  url: sqlite:///{database}
+  url: sqlite:///{database}{budgets}
 auth:
   tenants:
     - name: team
@@ -86,8 +90,15 @@ async def _call(stub: pb_grpc.GatewayServiceStub, n: int) -> grpc.aio.AioRpcErro
 
 
 async def _race(
-    upstream: FakeUpstream, tmp_path: Path, *, naive: bool
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    *,
+    naive: bool,
+    processes: int = PROCESSES,
+    redis_url: str | None = None,
 ) -> tuple[list[pb.Completion], list[grpc.aio.AioRpcError], Path]:
+    # On SQLite the processes share one file; on Redis each replica has its own local
+    # file (its ledger) and the budgets live in Redis.
     database = tmp_path / "shared.db"
     opened = asyncio.Event()
     upstream.set_default(None, Gate(opened))
@@ -96,16 +107,23 @@ async def _race(
         gateways: list[GatewayProcess] = [
             await stack.enter_async_context(
                 gateway_process(
-                    tmp_path / f"gw{i}", _config(upstream.base_url, database), env, name=f"gw{i}"
+                    tmp_path / f"gw{i}",
+                    _config(
+                        upstream.base_url,
+                        tmp_path / f"replica{i}.db" if redis_url else database,
+                        redis_url,
+                    ),
+                    env,
+                    name=f"gw{i}",
                 )
             )
-            for i in range(PROCESSES)
+            for i in range(processes)
         ]
         channels = [
             await stack.enter_async_context(grpc.aio.insecure_channel(g.address)) for g in gateways
         ]
         stubs = [pb_grpc.GatewayServiceStub(c) for c in channels]
-        calls = [asyncio.ensure_future(_call(stubs[n % PROCESSES], n)) for n in range(CALLS)]
+        calls = [asyncio.ensure_future(_call(stubs[n % processes], n)) for n in range(CALLS)]
 
         async def decided() -> None:
             # Released once every call is either refused or waiting at the upstream.
@@ -164,6 +182,37 @@ async def test_the_naive_check_then_charge_mode_overspends_under_the_same_harnes
 ) -> None:
     served, _refused, _database = await _race(upstream, tmp_path, naive=True)
     assert len(served) > K, "the harness must see the race the atomic mode prevents"
+
+
+async def test_exactly_k_of_200_concurrent_calls_fit_a_budget_shared_by_2_replicas_on_redis(
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    served, refused, _database = await _race(
+        upstream, tmp_path, naive=False, processes=2, redis_url=redis_server.url
+    )
+    assert len(served) == K
+    assert upstream.request_count() == K
+    assert {error_info(e)[0] for e in refused} == {"BUDGET_EXCEEDED"}
+    assert len(refused) == CALLS - K
+    store = RedisBudgetStore.from_url(redis_server.url)
+    try:
+        left = await store.remaining(
+            [Scope("tenant", "team", BudgetLimits(usd_per_day_nano=LIMIT_NANO))],
+            periods_at(time.time()),
+        )
+    finally:
+        await store.aclose()
+    # Nothing stays reserved: what is left is the limit less what the K calls cost.
+    assert left.nano_usd == LIMIT_NANO - sum(c.cost.total_nano_usd for c in served)
+
+
+async def test_the_naive_mode_overspends_on_redis_too(
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    served, _refused, _database = await _race(
+        upstream, tmp_path, naive=True, processes=2, redis_url=redis_server.url
+    )
+    assert len(served) > K
 
 
 pytestmark = pytest.mark.slow

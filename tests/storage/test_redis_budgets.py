@@ -347,8 +347,56 @@ async def test_expire_walks_every_tenant_and_forgets_tenants_with_nothing_held(
     await store.settle("r2", "initech", 5, 1)
     expired = await store.expire(NOW + 100)
     assert sorted((r.tenant, r.request_id) for r in expired) == [("acme", "r0"), ("globex", "r1")]
-    # The index of tenants to look at is empty again: a sweep costs nothing when idle.
-    assert await raw.zcard("lg:{held}:due") == 0
+    # The index of tenants to look at is empty again: a sweep finds nothing to do.
+    assert [k async for k in raw.scan_iter(match="lg:*:due")] == []
+
+
+async def test_no_reservation_is_stranded_by_sweeps_racing_reserves_and_settles(
+    store: RedisBudgetStore, raw: aioredis.Redis
+) -> None:
+    """Sweeps running while reservations are made and settled (leases already passing)
+    never leave one unindexed: at the end each was settled or expired, once."""
+    scope = tenant(usd_per_day_nano=10**9)
+    names = [f"t{i % 7}" for i in range(140)]  # several tenants, several slots
+
+    async def call(i: int) -> str | None:
+        r = reservation(f"r{i}", 10, 1, scope, tenant_name=names[i], lease=NOW + i % 5)
+        await store.reserve(r)
+        if i % 3 == 0:
+            await store.settle(r.request_id, r.tenant, 10, 1)
+            return r.request_id
+        return None
+
+    async def sweeps() -> list[Reservation]:
+        found: list[Reservation] = []
+        for k in range(20):
+            found += await store.expire(NOW + k % 6)
+            await asyncio.sleep(0)
+        return found
+
+    results = await asyncio.gather(sweeps(), *(call(i) for i in range(140)), sweeps())
+    expired = [r.request_id for batch in (results[0], results[-1]) for r in batch]
+    settled = [r for r in results[1:-1] if r is not None]
+    expired += [r.request_id for r in await store.expire(NOW + 3600)]
+    assert len(expired) == len(set(expired))  # each once
+    assert sorted(expired + settled, key=lambda r: int(r[1:])) == [f"r{i}" for i in range(140)]
+    assert [k async for k in raw.scan_iter(match="lg:*:due")] == []
+
+
+async def test_a_slot_whose_hint_was_lost_is_swept_by_the_next_full_scan(
+    store: RedisBudgetStore, server: RedisServer, raw: aioredis.Redis, clock: Clock
+) -> None:
+    assert await store.expire(NOW) == []  # this process's first sweep: a full scan
+    await store.reserve(reservation("r1", 10, 1, tenant(), lease=NOW + 1))
+    await raw.delete("lg:{sweep}:slots")  # the replica died before it hinted the slot
+    assert await store.expire(NOW + 2) == []  # a hinted sweep does not look there
+    # Another process's first sweep (or this one's, full_scan_every_s later) scans
+    # every slot and finds it.
+    replica = RedisBudgetStore.from_url(server.url, timeout_s=FAULT_BOUND_S, clock=clock)
+    try:
+        assert [r.request_id for r in await replica.expire(NOW + 2)] == ["r1"]
+    finally:
+        await replica.aclose()
 
 
 async def test_expired_reservations_whose_hand_over_failed_are_handed_out_again(
@@ -372,6 +420,30 @@ async def test_expired_reservations_whose_hand_over_failed_are_handed_out_again(
     again = await store.expire(NOW + 2 + 31)  # the claim (30 s) ran out
     assert [r.request_id for r in again] == ["r1"]
     assert await store.expire(NOW + 100) == []  # acknowledged this time: once
+
+
+async def test_a_sweep_returns_what_it_acknowledged_and_leaves_the_rest_for_later(
+    store: RedisBudgetStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.reserve(reservation("a1", 10, 1, tenant_name="acme", lease=NOW + 1))
+    await store.reserve(reservation("g1", 10, 1, tenant_name="globex", lease=NOW + 1))
+    real_eval = store._eval
+    acks: list[str] = []
+
+    async def second_ack_fails(script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if script is redis_budgets._ACK:
+            acks.append(args[1])
+            if len(acks) == 2:
+                raise StoreUnavailable("connection lost before the acknowledgement")
+        return await real_eval(script, keys, args)
+
+    monkeypatch.setattr(store, "_eval", second_ack_fails)
+    first = await store.expire(NOW + 2)
+    monkeypatch.undo()
+    # The tenant acknowledged first is returned; the other is not lost, only later.
+    assert [(r.tenant, r.request_id) for r in first] == [(acks[0], f"{acks[0][0]}1")]
+    later = await store.expire(NOW + 2 + 31)
+    assert [(r.tenant, r.request_id) for r in later] == [(acks[1], f"{acks[1][0]}1")]
 
 
 async def test_amounts_a_lua_double_cannot_compare_exactly_are_refused(
@@ -894,15 +966,19 @@ async def test_rebuild_marks_every_slot_so_any_tenant_is_admitted_after_it(
 
 
 @STANDALONE_ONLY
-async def test_a_cluster_that_refuses_the_one_call_marking_gets_every_slot_marked_anyway(
+async def test_a_cluster_that_refuses_scripts_across_slots_is_marked_and_swept_slot_by_slot(
     store: RedisBudgetStore, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a Cluster of several nodes, no one script may mark every slot: the store then
-    marks them slot by slot."""
+    """On a Cluster of several nodes no one script may touch every slot: the store then
+    marks every slot, and finds the tenants to sweep, one slot at a time."""
     real_eval = store._eval
 
     async def refuse_cross_node(script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if script is redis_budgets._MARK_ALL_SLOTS:
+        if script in (
+            redis_budgets._MARK_ALL_SLOTS,
+            redis_budgets._DUE_TENANTS,
+            redis_budgets._HINT_SLOTS,
+        ):
             raise ResponseError("Script attempted to access a non local key in a cluster node")
         return await real_eval(script, keys, args)
 
@@ -911,3 +987,11 @@ async def test_a_cluster_that_refuses_the_one_call_marking_gets_every_slot_marke
     await store.rebuild({}, [])
     markers = {k async for k in raw.scan_iter(match="lg:*:ok", count=5000)}
     assert sorted({slot_of(m) for m in markers}) == list(range(16384))
+
+    for i, name in enumerate(("acme", "globex")):
+        await store.reserve(reservation(f"r{i}", 1, 1, tenant_name=name, lease=NOW + 1))
+    expired = await store.expire(NOW + 2)
+    assert sorted(r.request_id for r in expired) == ["r0", "r1"]
+    await raw.delete(store._marker("globex"))  # one slot lost its data
+    with pytest.raises(CountersLost):
+        await store.expire(NOW + 3)

@@ -24,11 +24,13 @@ each one logs that it did.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
 
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
@@ -43,14 +45,19 @@ from llmgateway_server.metering import total
 from llmgateway_server.pricing import affordable_output_tokens, worst_case_nano
 from llmgateway_server.storage.base import (
     BudgetStore,
+    CountersLost,
     DuplicateRequest,
     Periods,
     Refusal,
     Remaining,
     Reservation,
+    ScopeKind,
     StoreUnavailable,
     UsageLedger,
+    UsageQuery,
+    UsageReader,
     UsageRecord,
+    Window,
 )
 from llmgateway_server.types import CallOutcome
 
@@ -75,8 +82,28 @@ def periods_at(unix_s: float) -> Periods:
     )
 
 
+@runtime_checkable
+class Rebuildable(Protocol):
+    """A budget store that can lose its counters (Redis) and be given them back."""
+
+    async def rebuild(
+        self, spent: Mapping[SpentKey, tuple[int, int]], held: Sequence[Reservation]
+    ) -> None:
+        """Restore the counters from the ledger's sums and the held reservations."""
+        ...
+
+
+SpentKey = tuple[str, ScopeKind, str, Window, str]  # tenant, scope kind, id, window, period
+
+
 class BudgetPolicy:
-    """Reserves before the router, settles after it."""
+    """Reserves before the router, settles after it.
+
+    With a store that can lose its counters (``Rebuildable``: Redis restarted without its
+    data), the first call that finds them lost rebuilds them from the ledger's sums for the
+    current day and month and from the reservations this process holds, before anything
+    is admitted.
+    """
 
     def __init__(
         self,
@@ -85,20 +112,29 @@ class BudgetPolicy:
         *,
         fail_open: bool,
         lease_grace_s: float,
+        ledger: UsageReader | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._clock = clock
         self._fail_open = fail_open
         self._lease_grace_s = lease_grace_s
+        self._ledger = ledger
         self._wall = wall_clock
+        self._held: dict[str, Reservation] = {}  # this process's calls in flight
+        self._rebuilding = asyncio.Lock()
 
     async def before(self, state: CallState) -> None:
         """Take the rate limits, then reserve; may lower ``state.max_tokens``."""
         now = self._wall()
         try:
-            await self._take_rate(state, now)
-            await self._reserve(state, now)
+            try:
+                await self._take_rate(state, now)
+                await self._reserve(state, now)
+            except CountersLost:
+                await self._rebuild(now)
+                await self._take_rate(state, now)
+                await self._reserve(state, now)
         except StoreUnavailable as exc:
             if not self._fail_open:
                 raise StorageUnavailable(
@@ -171,6 +207,7 @@ class BudgetPolicy:
                     )
                 state.max_tokens = max_tokens
                 state.reservation = reservation
+                self._held[reservation.request_id] = reservation
                 return
             if max_tokens <= floor:
                 break  # even the floor does not fit: refuse, naming the limit
@@ -219,19 +256,66 @@ class BudgetPolicy:
             return
         metered = state.metered if state.metered is not None else total(state.attempts)
         usage = metered.usage
+        tokens = usage.input_tokens + usage.cached_input_tokens + usage.output_tokens
+        settle = self._store.settle
         try:
-            await self._store.settle(
-                reservation.request_id,
-                reservation.tenant,
-                metered.cost.total_nano_usd,
-                usage.input_tokens + usage.cached_input_tokens + usage.output_tokens,
-            )
+            try:
+                await settle(
+                    reservation.request_id, reservation.tenant, metered.cost.total_nano_usd, tokens
+                )
+            except CountersLost:
+                await self._rebuild(self._wall())  # restores this reservation, then settle
+                await settle(
+                    reservation.request_id, reservation.tenant, metered.cost.total_nano_usd, tokens
+                )
         except StoreUnavailable:
             log.error(
                 "budget store unavailable at settle: the reservation will be charged in "
                 "full when its lease passes",
                 extra={"request_id": reservation.request_id, "tenant": reservation.tenant},
             )
+        finally:
+            self._held.pop(reservation.request_id, None)
+
+    async def _rebuild(self, now: float) -> None:
+        """Give a store that lost its counters the ledger's sums and the held
+        reservations (one rebuild at a time; a second finds the work done, or redoes it
+        harmlessly: it sets, never adds)."""
+        store = self._store
+        if self._ledger is None or not isinstance(store, Rebuildable):
+            raise StorageUnavailable("the budget store lost its counters and cannot rebuild")
+        async with self._rebuilding:
+            spent = await ledger_spend(self._ledger, periods_at(now))
+            log.warning(
+                "budget counters lost: rebuilding from the ledger",
+                extra={"scopes": len(spent), "held": len(self._held)},
+            )
+            await store.rebuild(spent, list(self._held.values()))
+
+
+async def ledger_spend(ledger: UsageReader, periods: Periods) -> dict[SpentKey, tuple[int, int]]:
+    """What the ledger says each tenant and key spent (nano-USD, tokens) in the current
+    day and month: the counters a budget store that lost them is rebuilt with."""
+    day_start = periods.day_ends_unix_s - 86_400
+    month_start = datetime.strptime(periods.month, "%Y-%m").replace(tzinfo=UTC).timestamp()
+    spent: dict[SpentKey, tuple[int, int]] = {}
+    for window, start, end, period in (
+        ("day", day_start, periods.day_ends_unix_s, periods.day),
+        ("month", month_start, periods.month_ends_unix_s, periods.month),
+    ):
+        window_name: Window = "day" if window == "day" else "month"
+        for row in await ledger.usage(UsageQuery(start, end, ("tenant", "key_id"))):
+            tenant, key_id = row.group["tenant"], row.group["key_id"]
+            amount = (
+                row.cost_nano_usd,
+                row.input_tokens + row.output_tokens + row.cached_input_tokens,
+            )
+            tenant_key: SpentKey = (tenant, "tenant", tenant, window_name, period)
+            before = spent.get(tenant_key, (0, 0))
+            spent[tenant_key] = (before[0] + amount[0], before[1] + amount[1])
+            if key_id:
+                spent[(tenant, "key", key_id, window_name, period)] = amount
+    return spent
 
 
 def _prompt_bound(state: CallState) -> int:

@@ -122,7 +122,9 @@ class UsageLedger(Protocol):
         ...
 
 
-GroupBy = Literal["tenant", "key", "route", "model", "provider", "day", "tag"]
+GroupBy = Literal["tenant", "key", "key_id", "route", "model", "provider", "day", "tag"]
+"""``key`` groups by the visible key prefix (reports); ``key_id`` by the store key's id
+(rebuilding per-key budget counters)."""
 
 
 @dataclass(frozen=True, slots=True)

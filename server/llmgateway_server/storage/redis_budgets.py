@@ -23,11 +23,20 @@ Redis Cluster node):
   Redis lost its data, and the operation raises ``CountersLost`` until ``rebuild`` has
   restored the counters from the ledger and the held reservations. A new, empty Redis
   is no different: the first start rebuilds from an empty ledger.
-- ``lg:{held}:due`` / ``:gen`` / ``:seq`` / ``:owner``: the index ``expire`` walks
-  (tenants that may hold reservations, by earliest lease; a generation per tenant so a
-  sweep never drops a tenant that reserved meanwhile) and which tenant each key id
-  belongs to (``remaining`` for a key scope alone). The index is written before the
-  reservation, in the same round trip, so a held reservation is never unindexed.
+- ``lg:{S}:due``: the slot's index of tenants that hold reservations (or have expired
+  ones to hand over), by the earliest lease or claim. Being in the tenant's slot, it is
+  written by the same script as the reservation: a held reservation is never
+  unindexed, and a reserve is one round trip.
+- ``lg:{sweep}:slots``: the hint set, the slots whose index may hold tenants, so a
+  sweep reads those and not all 16384 (~70 ms of Redis time). A reserve that makes a
+  slot's index non-empty adds it (a second command, after the reservation); a sweep
+  that finds a hinted slot's index empty removes it, atomically with that look. A hint
+  lost (a client that died between the two) only delays a sweep: every
+  ``full_scan_every_s`` (default 5 min, and at a process's first sweep) ``expire``
+  looks at every slot, in chunks of a few ms.
+- ``lg:{keys}:owner``: which tenant each key id belongs to, written once per key and
+  process before its first reservation, so ``remaining`` of a key scope alone (a
+  tenant without limits) finds the key's counters on any replica.
 
 Limits and amounts are integers; Redis adds them in 64 bits (HINCRBY), and the limit
 checks done in Lua (doubles) are exact while spent + reserved + amount of a scope stays
@@ -60,6 +69,7 @@ import asyncio
 import binascii
 import functools
 import hashlib
+import logging
 import math
 import secrets
 import time
@@ -95,6 +105,8 @@ from llmgateway_server.storage.base import (
 
 __all__ = ["MAX_EXACT", "RedisBudgetStore", "SpentKey"]
 
+log = logging.getLogger("llmgateway.storage")
+
 MAX_EXACT: Final = 2**53 - 1
 """The largest amount or limit (nano-USD or tokens) the Lua limit checks compare exactly."""
 
@@ -104,6 +116,7 @@ for, e.g. ``("acme", "key", "k_123", "day", "2026-12-02")``."""
 
 _SLOTS: Final = 16384
 _SWEEP_BATCH: Final = 1000
+_SCAN_CHUNK: Final = 1024  # slots per full-scan script: a few ms of Redis time
 _DAY_S: Final = 86_400.0
 _SECONDS_PER_MINUTE: Final = 60.0
 _WINDOWS: Final[tuple[Window, ...]] = ("day", "month")
@@ -128,8 +141,8 @@ _EXPIRE: Final = _Script.of(redis_scripts.EXPIRE)
 _ACK: Final = _Script.of(redis_scripts.ACK)
 _REMAINING: Final = _Script.of(redis_scripts.REMAINING)
 _TAKE: Final = _Script.of(redis_scripts.TAKE)
-_ADVERTISE: Final = _Script.of(redis_scripts.ADVERTISE)
-_FINISH_SWEEP: Final = _Script.of(redis_scripts.FINISH_SWEEP)
+_DUE_TENANTS: Final = _Script.of(redis_scripts.DUE_TENANTS)
+_HINT_SLOTS: Final = _Script.of(redis_scripts.HINT_SLOTS)
 _REBUILD: Final = _Script.of(redis_scripts.REBUILD)
 _MARK_ALL_SLOTS: Final = _Script.of(redis_scripts.MARK_ALL_SLOTS)
 
@@ -180,6 +193,7 @@ class RedisBudgetStore:
         counter_retention_s: float = 7 * _DAY_S,
         finished_ttl_s: float = 7 * _DAY_S,
         claim_s: float = 30.0,
+        full_scan_every_s: float = 300.0,
         naive_for_tests: bool = False,
         naive_gap: NaiveGap = _default_naive_gap,
     ) -> None:
@@ -195,14 +209,11 @@ class RedisBudgetStore:
         self._claim_s = claim_s
         self._naive = naive_for_tests
         self._naive_gap = naive_gap
-        self._owners: dict[str, str] = {}  # key id -> tenant, as reserves taught us
-        index = f"{namespace}:{{held}}:"
-        self._due, self._gen, self._seq, self._owner_key = (
-            index + "due",
-            index + "gen",
-            index + "seq",
-            index + "owner",
-        )
+        self._owners: dict[str, str] = {}  # key id -> tenant, as recorded in Redis
+        self._owner_key = f"{namespace}:{{keys}}:owner"
+        self._hint_key = f"{namespace}:{{sweep}}:slots"
+        self._full_scan_every_s = full_scan_every_s
+        self._next_full_scan = 0.0  # monotonic; the first sweep of a process scans all
 
     @classmethod
     def from_url(
@@ -210,23 +221,28 @@ class RedisBudgetStore:
         url: str,
         *,
         timeout_s: float = 0.5,
-        max_connections: int | None = None,
+        max_connections: int = 64,
         **options: Any,
     ) -> RedisBudgetStore:
         """A store on ``redis://`` / ``rediss://`` ``url`` with ``timeout_s`` for
-        connecting and for every reply (see Faults in the module docstring);
-        ``options`` go to the constructor."""
-        client = aioredis.Redis.from_url(
+        connecting, for every reply (see Faults in the module docstring) and for
+        waiting for one of ``max_connections`` pooled connections when every one is
+        busy; ``options`` go to the constructor."""
+        # redis-py's default pool refuses a command outright when its 100 connections
+        # are busy: a burst of calls would be refused as if Redis were down. This one
+        # waits for a connection instead (commands take well under a millisecond).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             # One resend when a connection drops (a restarted Redis leaves dead ones in
             # the pool); never after a timeout: a hung Redis must fail in timeout_s.
             retry=Retry(NoBackoff(), 1, supported_errors=(rx.ConnectionError,)),
-            max_connections=max_connections,
             health_check_interval=0,
         )
-        return cls(client, **options)
+        return cls(aioredis.Redis.from_pool(pool), **options)  # the client closes the pool
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -240,6 +256,12 @@ class RedisBudgetStore:
 
     def _slot_marker(self, slot: int) -> str:
         return f"{self._ns}:{{{_slot_tags()[slot]}}}:ok"
+
+    def _index(self, tenant: str) -> str:
+        return self._slot_index(key_slot(tenant))
+
+    def _slot_index(self, slot: int) -> str:
+        return f"{self._ns}:{{{_slot_tags()[slot]}}}:due"
 
     def _counter_key(self, tenant: str, kind: ScopeKind, scope_id: str, w: Window, p: str) -> str:
         return f"{self._prefix(tenant)}b:{kind}:{scope_id}:{w}:{p}"
@@ -296,26 +318,38 @@ class RedisBudgetStore:
         """Charge every held reservation whose lease ended before ``now_unix_s`` at its
         reserved amounts and return them; each is returned once (one handed out but not
         acknowledged, because the caller died, is handed out again after ``claim_s``).
-        One call looks at up to 1000 tenants whose earliest lease has passed; the
-        gateway's periodic sweep gets to the rest on its next turn."""
-        now = repr(now_unix_s)
+        One call looks at up to 1000 tenants whose earliest lease (or claim) has come;
+        the gateway's periodic sweep gets to the rest on its next turn. It looks in the
+        slots the hint set names; every ``full_scan_every_s`` (and at its first call) it
+        first looks at every slot for one a hint missed."""
+        if time.monotonic() >= self._next_full_scan:
+            await self._hint_every_slot()
+            self._next_full_scan = time.monotonic() + self._full_scan_every_s
+        # Claim everything first, acknowledge after: a failure on the way leaves what was
+        # claimed to be handed out again once its claim runs out, never lost.
+        claimed = [
+            (tenant, await self._claim_expired(tenant, now_unix_s))
+            for tenant in await self._due_tenants(now_unix_s)
+        ]
         expired: list[Reservation] = []
-        with _faults():
-            due: list[tuple[bytes, float]] = await self._command(
-                "ZRANGEBYSCORE", self._due, "-inf", now, "WITHSCORES", "LIMIT", 0, _SWEEP_BATCH
-            )
-            if not due:
-                return expired
-            tenants = [t for t, _ in _pairs(due)]
-            gens: list[bytes | None] = await self._command("HMGET", self._gen, *tenants)
-        for tenant_raw, gen in zip(tenants, gens, strict=True):
-            tenant = tenant_raw.decode()
-            next_at = await self._expire_tenant(tenant, now_unix_s, expired)
-            await self._eval(
-                _FINISH_SWEEP,
-                (self._due, self._gen),
-                (tenant, gen or b"", "" if next_at is None else repr(next_at)),
-            )
+        for tenant, batch in claimed:
+            if not batch:
+                continue
+            prefix = self._prefix(tenant)
+            try:
+                await self._eval(
+                    _ACK,
+                    (f"{prefix}lz", f"{prefix}uz", self._index(tenant)),
+                    (f"{prefix}r:", tenant, *(r.request_id for r in batch)),
+                )
+            except StoreUnavailable as exc:
+                if not expired:
+                    raise
+                # Those acknowledged are returned (they would not be again); the rest
+                # are handed out after their claim.
+                log.warning("expire: acknowledgement failed, the rest comes later: %s", exc)
+                break
+            expired.extend(batch)
         return expired
 
     async def take(
@@ -388,21 +422,17 @@ class RedisBudgetStore:
             key = self._counter_key(tenant, kind, scope_id, window, period)
             counters[key_slot(tenant)].append((key, usd, tok, self._expire_at(ends)))
         holds: dict[int, list[Reservation]] = defaultdict(list)
+        owners = {scope_id: tenant for tenant, kind, scope_id, _, _ in spent if kind == "key"}
         for r in held:
             holds[key_slot(r.tenant)].append(r)
-        # The index first, as for a reserve: a restored reservation is never unindexed.
-        if held:
-            with _faults():
-                pipe = self._r.pipeline(transaction=False)
-                for r in held:
-                    adv_keys, adv_args = self._advertise_args(r)
-                    pipe.execute_command(
-                        "EVAL", _ADVERTISE.source, len(adv_keys), *adv_keys, *adv_args
-                    )
-                await pipe.execute()
+            owners.update((s.id, r.tenant) for s in r.scopes if s.kind == "key")
+        await self._record_owners(owners)
         for slot in sorted(counters.keys() | holds.keys()):
             keys, args = self._rebuild_args(slot, counters.get(slot, []), holds.get(slot, []))
             await self._eval(_REBUILD, keys, args)
+        if holds:
+            with _faults():
+                await self._command("SADD", self._hint_key, *(_slot_tags()[s] for s in holds))
         await self._mark_all_slots()
 
     async def _mark_all_slots(self) -> None:
@@ -424,7 +454,7 @@ class RedisBudgetStore:
     def _rebuild_args(
         self, slot: int, counters: list[tuple[str, int, int, int]], holds: list[Reservation]
     ) -> tuple[list[str], list[str]]:
-        keys = [self._slot_marker(slot)]
+        keys = [self._slot_marker(slot), self._slot_index(slot)]
         args = [str(len(counters)), str(len(holds)), ""]
         for key, usd, tok, expire_at in counters:
             keys.append(key)
@@ -441,6 +471,7 @@ class RedisBudgetStore:
                 repr(r.lease_until_unix_s),
                 _reservation_json(r).decode(),
                 orjson.dumps([[k, str(e)] for k, e, _, _ in counter_keys]).decode(),
+                r.tenant,
             ]
             longest_lease = max(longest_lease, r.lease_until_unix_s)
         args[2] = self._held_ttl_ms(longest_lease)
@@ -468,17 +499,25 @@ class RedisBudgetStore:
                 out.append((key, self._expire_at(ends), usd_limit, token_limit))
         return out
 
-    def _advertise_args(self, r: Reservation) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        key_ids = tuple(s.id for s in r.scopes if s.kind == "key")
-        return (
-            (self._due, self._gen, self._seq, self._owner_key),
-            (r.tenant, repr(r.lease_until_unix_s), *key_ids),
-        )
+    async def _record_owners(self, owners: Mapping[str, str]) -> None:
+        """Write which tenant each key id belongs to, where this process has not yet
+        (before a reservation names the key: ``remaining`` of a key scope alone finds
+        the key's counters by it on any replica)."""
+        new = {k: t for k, t in owners.items() if self._owners.get(k) != t}
+        if new:
+            await self._command("HSET", self._owner_key, *(x for kv in new.items() for x in kv))
+            self._owners.update(new)
 
     async def _reserve(self, r: Reservation, *, check_limits: bool) -> Refusal | None:
         prefix = self._prefix(r.tenant)
+        await self._record_owners({s.id: r.tenant for s in r.scopes if s.kind == "key"})
         counters = self._reservation_counters(r)
-        keys = [self._marker(r.tenant), f"{prefix}r:{r.request_id}", f"{prefix}lz"]
+        keys = [
+            self._marker(r.tenant),
+            f"{prefix}r:{r.request_id}",
+            f"{prefix}lz",
+            self._index(r.tenant),
+        ]
         keys += [key for key, _, _, _ in counters]
         # One argument for every counter's limits and expiry: each argument costs the
         # client more than the characters in it.
@@ -496,16 +535,13 @@ class RedisBudgetStore:
             self._held_ttl_ms(r.lease_until_unix_s),
             secrets.token_hex(8),
             spec,
+            r.tenant,
         )
-        adv_keys, adv_args = self._advertise_args(r)
-        _, reply = await self._eval_pipeline(
-            [(_ADVERTISE, adv_keys, adv_args), (_RESERVE, tuple(keys), args)]
-        )
+        reply = await self._eval(_RESERVE, keys, args)
         status = reply[0]
         if status == b"held":
-            for scope in r.scopes:
-                if scope.kind == "key":
-                    self._owners[scope.id] = r.tenant
+            if reply[1] == b"1":
+                await self._hint(r.tenant)
             return None
         if status == b"duplicate":
             raise DuplicateRequest(f"request {r.request_id!r} has a reservation already")
@@ -590,13 +626,86 @@ class RedisBudgetStore:
                 out[(kind, scope_id, window)] = (su, ru, st, rt)
         return out
 
-    async def _expire_tenant(
-        self, tenant: str, now_unix_s: float, expired: list[Reservation]
-    ) -> float | None:
-        """Expire one tenant's passed leases into ``expired``; the next time this tenant
-        needs a look (its earliest lease or claim), None if never."""
+    async def _hint(self, tenant: str) -> None:
+        """Name the tenant's slot to sweeps. The reservation is held already, so a
+        failure here must not fail the call: the slot is then found by the next full
+        scan (``full_scan_every_s``), its expiry at most that much later."""
+        try:
+            with _faults():
+                await self._command("SADD", self._hint_key, _slot_tags()[key_slot(tenant)])
+        except StoreUnavailable as exc:
+            log.warning("could not hint a slot to the reservation sweep: %s", exc)
+
+    async def _hint_every_slot(self) -> None:
+        """The backstop of the hint set: every slot whose index holds a tenant is
+        hinted. In chunks, so Redis is never busy with it for more than a few ms."""
+        tags = _slot_tags()
+        for start in range(0, _SLOTS, _SCAN_CHUNK):
+            chunk = tags[start : start + _SCAN_CHUNK]
+            try:
+                await self._eval(_HINT_SLOTS, (), (self._ns, self._hint_key, ",".join(chunk)))
+            except rx.ResponseError as exc:
+                if type(exc) is not rx.ResponseError:
+                    raise
+                await self._hint_slot_by_slot(chunk)
+
+    async def _hint_slot_by_slot(self, tags: Sequence[str]) -> None:
+        """``HINT_SLOTS`` for a Cluster of several nodes: one read per slot, pipelined."""
+        with _faults():
+            pipe = self._r.pipeline(transaction=False)
+            for tag in tags:
+                pipe.execute_command("ZCARD", f"{self._ns}:{{{tag}}}:due")
+            held = [tag for tag, n in zip(tags, await pipe.execute(), strict=True) if n]
+            if held:
+                await self._command("SADD", self._hint_key, *held)
+
+    async def _due_tenants(self, now_unix_s: float) -> list[str]:
+        """Tenants whose earliest lease or claim has come, in the hinted slots: one
+        script where Redis allows it, else one read per slot, pipelined."""
+        now = repr(now_unix_s)
+        try:
+            reply = await self._eval(
+                _DUE_TENANTS,
+                (),
+                (self._ns, now, str(_SWEEP_BATCH), self._hint_key, _slot_tags()[0]),
+            )
+        except rx.ResponseError as exc:
+            if type(exc) is not rx.ResponseError:
+                raise
+            reply = await self._due_tenants_slot_by_slot(now)
+        if reply[0] == b"lost":
+            raise CountersLost("Redis lost the budget counters: rebuild them")
+        return [t.decode() for t in reply[1][:_SWEEP_BATCH]]
+
+    async def _due_tenants_slot_by_slot(self, now: str) -> list[Any]:
+        """``DUE_TENANTS`` for a Cluster of several nodes, one command per slot. An empty
+        slot leaves the hint set by a separate command: a reserve in between may leave
+        its slot unhinted until the next full scan."""
+        with _faults():
+            tags = [t.decode() for t in await self._command("SMEMBERS", self._hint_key)]
+            pipe = self._r.pipeline(transaction=False)
+            for tag in [_slot_tags()[0], *tags]:
+                pipe.execute_command("EXISTS", f"{self._ns}:{{{tag}}}:ok")
+            for tag in tags:
+                index = f"{self._ns}:{{{tag}}}:due"
+                pipe.execute_command("ZCARD", index)
+                pipe.execute_command("ZRANGEBYSCORE", index, "-inf", now, "LIMIT", 0, _SWEEP_BATCH)
+            replies = await pipe.execute()
+            markers, rest = replies[: len(tags) + 1], replies[len(tags) + 1 :]
+            if not all(markers):
+                return [b"lost"]
+            empty = [tag for tag, n in zip(tags, rest[0::2], strict=True) if not n]
+            if empty:
+                await self._command("SREM", self._hint_key, *empty)
+        return [b"ok", [t for found in rest[1::2] for t in found]]
+
+    async def _claim_expired(self, tenant: str, now_unix_s: float) -> list[Reservation]:
+        """Expire one tenant's passed leases and claim what is expired and not yet
+        acknowledged (the caller acknowledges); the script keeps the tenant's place in
+        its slot's index."""
         prefix = self._prefix(tenant)
-        keys = (self._marker(tenant), f"{prefix}lz", f"{prefix}uz")
+        keys = (self._marker(tenant), f"{prefix}lz", f"{prefix}uz", self._index(tenant))
+        claimed: list[Reservation] = []
         while True:
             args = (
                 repr(now_unix_s),
@@ -604,20 +713,15 @@ class RedisBudgetStore:
                 str(_SWEEP_BATCH),
                 f"{prefix}r:",
                 self._finished_ttl_ms,
+                tenant,
             )
             reply = await self._eval(_EXPIRE, keys, args)
             if reply[0] == b"lost":
                 raise CountersLost("Redis lost the budget counters: rebuild them")
-            _, blobs, next_lease, next_claim, more = reply
-            batch = [_reservation_from_json(blob) for blob in blobs]
-            if batch:
-                next_claim = await self._eval(
-                    _ACK, (f"{prefix}uz",), (f"{prefix}r:", *(r.request_id for r in batch))
-                )
-                expired.extend(batch)
+            _, blobs, more = reply
+            claimed += [_reservation_from_json(blob) for blob in blobs]
             if more != b"1":
-                times = [float(t) for t in (next_lease, next_claim) if t]
-                return min(times) if times else None
+                return claimed
 
     async def _command(self, *args: str | bytes | int) -> Any:
         # redis-py leaves execute_command unannotated.
@@ -631,27 +735,6 @@ class RedisBudgetStore:
                 # A restarted (or flushed) Redis forgot its scripts: load and run again.
                 await self._command("SCRIPT", "LOAD", script.source)
                 return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    async def _eval_pipeline(
-        self, calls: Sequence[tuple[_Script, Sequence[str], Sequence[str | bytes]]]
-    ) -> list[Any]:
-        """The scripts in one round trip, in order (not a transaction: each is atomic)."""
-        with _faults():
-            for attempt in range(2):
-                pipe = self._r.pipeline(transaction=False)
-                for script, keys, args in calls:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-                if attempt == 0 and any(isinstance(r, rx.NoScriptError) for r in replies):
-                    # Every script is safe to run twice (redis_scripts.py).
-                    for script, _, _ in calls:
-                        await self._command("SCRIPT", "LOAD", script.source)
-                    continue
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                return replies
-        raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 @contextmanager
@@ -714,15 +797,6 @@ def _period_end(window: Window, period: str) -> float:
     start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
     year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
     return datetime(year, month, 1, tzinfo=UTC).timestamp()
-
-
-def _pairs(flat: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
-    """ZRANGE ... WITHSCORES as (member, score) pairs, whichever reply shape."""
-    if flat and isinstance(flat[0], list | tuple):
-        yield from ((member, score) for member, score in flat)
-        return
-    for i in range(0, len(flat), 2):
-        yield flat[i], flat[i + 1]
 
 
 def _reservation_json(r: Reservation) -> bytes:

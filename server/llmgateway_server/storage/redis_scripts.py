@@ -5,10 +5,14 @@ Rules every script keeps:
 
 - ``#!lua`` (Redis 7 script flags): without it Redis lets a script touch keys of any
   slot; with it, a script that touches two hash slots fails in cluster mode. Every key a
-  script touches is the tenant's (``{tenant}`` hash tag) or its slot's marker, so each
-  runs on one slot: Redis Cluster safe.
+  script touches is the tenant's (``{tenant}`` hash tag) or its slot's (the marker, the
+  index of tenants to sweep: a tag chosen to hash to that slot), so each runs on one
+  slot: Redis Cluster safe. The three scripts that look at many slots
+  (``MARK_ALL_SLOTS``, ``DUE_TENANTS``, ``HINT_SLOTS``) say so in their flags, run where
+  one node serves every slot, and have a per-slot fallback in the client.
 - The slot's marker key is checked first: missing means Redis lost its data (or was
-  never initialised), and the script answers ``lost`` before touching anything.
+  never initialised), and the script answers ``lost`` before touching anything (ACK
+  and the index-only scripts excepted: they hold no money).
 - Money and token amounts arrive as decimal strings and reach Redis unchanged through
   HINCRBY, so Redis does the arithmetic in 64-bit integers. Lua numbers are doubles:
   limit checks (the only arithmetic done in Lua) are exact while every amount stays
@@ -32,15 +36,18 @@ from typing import Final
 # Counter hash fields: su / st = spent nano-USD / tokens, ru / rt = reserved.
 
 RESERVE: Final = """#!lua
--- KEYS: 1 slot marker, 2 reservation, 3 lease zset, 4.. counters (scope x window)
+-- KEYS: 1 slot marker, 2 reservation, 3 lease zset, 4 slot index (tenant -> earliest
+--       lease), 5.. counters (scope x window)
 -- ARGV: 1 request id, 2 nano-USD, 3 tokens, 4 lease, 5 reservation JSON,
 --       6 reservation TTL ms, 7 this call's nonce,
 --       8 per counter (KEYS order) 'usd limit:token limit:expire-at;' (a limit may be
 --         empty: none). One argument, not three per counter: each costs the client.
+--       9 tenant
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  -- The same call sent again after its connection dropped is not a second request.
-  if redis.call('HGET', KEYS[2], 'n') == ARGV[7] then return {'held'} end
+  -- The same call sent again after its connection dropped is not a second request (and
+  -- its slot is hinted again: harmless, where the lost reply may have asked for it).
+  if redis.call('HGET', KEYS[2], 'n') == ARGV[7] then return {'held', '1'} end
   return {'duplicate'}
 end
 local usd, tok = ARGV[2], ARGV[3]
@@ -49,33 +56,37 @@ local spec = {}
 for lu, lt, at in string.gmatch(ARGV[8], '(%d*):(%d*):(%d+);') do
   spec[#spec + 1] = {lu, lt, at}
 end
-if #spec ~= #KEYS - 3 then return redis.error_reply('ERR counter spec does not match KEYS') end
-for i = 4, #KEYS do
-  local lu, lt = spec[i - 3][1], spec[i - 3][2]
+if #spec ~= #KEYS - 4 then return redis.error_reply('ERR counter spec does not match KEYS') end
+for i = 5, #KEYS do
+  local lu, lt = spec[i - 4][1], spec[i - 4][2]
   if lu ~= '' or lt ~= '' then
     local v = redis.call('HMGET', KEYS[i], 'su', 'ru', 'st', 'rt')
     local su, ru, st, rt = v[1] or '0', v[2] or '0', v[3] or '0', v[4] or '0'
     if lu ~= '' and tonumber(su) + tonumber(ru) + nusd > tonumber(lu) then
-      return {'refused', tostring(i - 3), 'usd', su, ru}
+      return {'refused', tostring(i - 4), 'usd', su, ru}
     end
     if lt ~= '' and tonumber(st) + tonumber(rt) + ntok > tonumber(lt) then
-      return {'refused', tostring(i - 3), 'tokens', st, rt}
+      return {'refused', tostring(i - 4), 'tokens', st, rt}
     end
   end
 end
 local ck = {}
-for i = 4, #KEYS do
+for i = 5, #KEYS do
   if usd ~= '0' then redis.call('HINCRBY', KEYS[i], 'ru', usd) end
   if tok ~= '0' then redis.call('HINCRBY', KEYS[i], 'rt', tok) end
-  redis.call('EXPIREAT', KEYS[i], spec[i - 3][3])
-  ck[#ck + 1] = {KEYS[i], spec[i - 3][3]}
+  redis.call('EXPIREAT', KEYS[i], spec[i - 4][3])
+  ck[#ck + 1] = {KEYS[i], spec[i - 4][3]}
 end
 -- cjson writes an empty table as {}: still an empty list to cjson.decode and ipairs.
 redis.call('HSET', KEYS[2], 's', 'held', 'u', usd, 't', tok, 'd', ARGV[5],
   'ck', cjson.encode(ck), 'n', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return {'held'}
+-- In the same atomic step: the sweep finds this tenant by the earliest of its leases.
+-- The first tenant in the slot's index asks the client to hint the slot to sweeps.
+local added = redis.call('ZADD', KEYS[4], 'LT', ARGV[4], ARGV[9])
+if added == 1 and redis.call('ZCARD', KEYS[4]) == 1 then return {'held', '1'} end
+return {'held', '0'}
 """
 
 # Moves a held reservation's amounts out of ``ru``/``rt`` and adds ``add_usd``/``add_tok``
@@ -90,6 +101,18 @@ local function charge(ck, u, t, add_usd, add_tok)
     if add_tok ~= '0' then redis.call('HINCRBY', k, 'st', add_tok) end
     redis.call('EXPIREAT', k, c[2])
   end
+end
+"""
+
+# After expire or an acknowledgement: the slot index keeps the tenant at its earliest
+# lease or claim, or drops it when it holds nothing and has nothing left to report.
+_REINDEX: Final = """
+local function reindex(lz, uz, index, tenant)
+  local nl = redis.call('ZRANGE', lz, 0, 0, 'WITHSCORES')[2]
+  local nu = redis.call('ZRANGE', uz, 0, 0, 'WITHSCORES')[2]
+  local nxt = nl
+  if nu and (not nxt or tonumber(nu) < tonumber(nxt)) then nxt = nu end
+  if nxt then redis.call('ZADD', index, nxt, tenant) else redis.call('ZREM', index, tenant) end
 end
 """
 
@@ -114,15 +137,17 @@ return 'settled'
 
 EXPIRE: Final = (
     """#!lua
--- KEYS: 1 slot marker, 2 lease zset, 3 unreported zset (score: claimed until)
+-- KEYS: 1 slot marker, 2 lease zset, 3 unreported zset (score: claimed until),
+--       4 slot index
 -- ARGV: 1 now, 2 claimed until (now + claim time), 3 batch size (at most 1000),
---       4 reservation key prefix, 5 TTL ms of a finished record
+--       4 reservation key prefix, 5 TTL ms of a finished record, 6 tenant
 -- Charges held reservations whose lease <= now at their reserved amounts and moves them
 -- to the unreported set; then claims unreported ones that nobody claimed (or whose
 -- claim ran out: the claimer died before acknowledging) and returns them. A record
 -- leaves the unreported set only by ACK, so a reply lost on the way is answered again.
 """
     + _CHARGE
+    + _REINDEX
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 local n = tonumber(ARGV[3])
@@ -153,22 +178,26 @@ for _, id in ipairs(claim) do
 end
 local more = '0'
 if #due == n or #claim == n then more = '1' end
-local nl = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-local nu = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return {'ok', out, nl[2] or '', nu[2] or '', more}
+reindex(KEYS[2], KEYS[3], KEYS[4], ARGV[6])
+return {'ok', out, more}
 """
 )
 
-ACK: Final = """#!lua
--- KEYS: 1 unreported zset. ARGV: 1 reservation key prefix, 2.. request ids reported.
--- Returns when the earliest claim left runs out ('' if none is left).
-for i = 2, #ARGV do
-  redis.call('ZREM', KEYS[1], ARGV[i])
+ACK: Final = (
+    """#!lua
+-- KEYS: 1 lease zset, 2 unreported zset, 3 slot index.
+-- ARGV: 1 reservation key prefix, 2 tenant, 3.. request ids reported.
+"""
+    + _REINDEX
+    + """
+for i = 3, #ARGV do
+  redis.call('ZREM', KEYS[2], ARGV[i])
   redis.call('HDEL', ARGV[1] .. ARGV[i], 'd')
 end
-local nu = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return nu[2] or ''
+reindex(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
+return #ARGV - 2
 """
+)
 
 REMAINING: Final = """#!lua
 -- KEYS: 1 slot marker, 2.. counters. Returns su, ru, st, rt of each counter.
@@ -236,38 +265,12 @@ redis.call('PEXPIRE', KEYS[2], math.ceil(full_in * 1000) + 1000)
 return {'ok'}
 """
 
-ADVERTISE: Final = """#!lua
--- The global index of tenants that may hold reservations (slot of the '{held}' tag),
--- written before the reservation itself so a held reservation is never unindexed.
--- KEYS: 1 due zset (tenant -> earliest lease advertised), 2 generation hash, 3 sequence,
---       4 key owners hash (key id -> tenant)
--- ARGV: 1 tenant, 2 lease, 3.. key ids of the reservation
-redis.call('ZADD', KEYS[1], 'LT', ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], redis.call('INCR', KEYS[3]))
-for i = 3, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[1]) end
-return 1
-"""
-
-FINISH_SWEEP: Final = """#!lua
--- After the tenant's expire: drop it from the index, or move it to its next lease, unless
--- a reservation was advertised meanwhile (its generation changed: look again next time).
--- KEYS: 1 due zset, 2 generation hash. ARGV: 1 tenant, 2 generation read, 3 next ('' none)
-if (redis.call('HGET', KEYS[2], ARGV[1]) or '') ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-end
-return 1
-"""
-
 REBUILD: Final = """#!lua
--- Restores one slot after a data loss. KEYS: 1 slot marker, then groups of keys.
+-- Restores one slot after a data loss. KEYS: 1 slot marker, 2 slot index, then groups.
 -- ARGV: 1 number of counters C, 2 number of reservations H, 3 reservation TTL ms,
---   then C x (su, st, expire-at) for KEYS[2 .. C+1],
---   then H x (request id, nano-USD, tokens, lease, reservation JSON, counters JSON)
---   for KEYS pairs (reservation, lease zset) from C+2.
+--   then C x (su, st, expire-at) for KEYS[3 .. C+2],
+--   then H x (request id, nano-USD, tokens, lease, reservation JSON, counters JSON,
+--   tenant) for KEYS pairs (reservation, lease zset) from C+3.
 -- First rebuild of the slot (no marker): counters are set to the ledger's spend with
 -- nothing reserved, then every held reservation is added. The slot already rebuilt
 -- (another replica got there first): spend is left alone (it may include calls settled
@@ -276,7 +279,7 @@ local c, h = tonumber(ARGV[1]), tonumber(ARGV[2])
 local fresh = redis.call('EXISTS', KEYS[1]) == 0
 if fresh then
   for i = 1, c do
-    local k, a = KEYS[1 + i], 3 + (i - 1) * 3
+    local k, a = KEYS[2 + i], 3 + (i - 1) * 3
     redis.call('DEL', k)
     if ARGV[a + 1] ~= '0' then redis.call('HSET', k, 'su', ARGV[a + 1]) end
     if ARGV[a + 2] ~= '0' then redis.call('HSET', k, 'st', ARGV[a + 2]) end
@@ -285,8 +288,8 @@ if fresh then
 end
 local added = 0
 for j = 1, h do
-  local rk, lz = KEYS[1 + c + (j - 1) * 2 + 1], KEYS[1 + c + (j - 1) * 2 + 2]
-  local a = 3 + c * 3 + (j - 1) * 6
+  local rk, lz = KEYS[2 + c + (j - 1) * 2 + 1], KEYS[2 + c + (j - 1) * 2 + 2]
+  local a = 3 + c * 3 + (j - 1) * 7
   local id, usd, tok = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local state = redis.call('HGET', rk, 's')
   if fresh or not state then
@@ -299,6 +302,7 @@ for j = 1, h do
     redis.call('HSET', rk, 's', 'held', 'u', usd, 't', tok, 'd', ARGV[a + 5], 'ck', ARGV[a + 6])
     redis.call('PEXPIRE', rk, ARGV[3])
     redis.call('ZADD', lz, ARGV[a + 4], id)
+    redis.call('ZADD', KEYS[2], 'LT', ARGV[a + 4], ARGV[a + 7])
     added = added + 1
   end
 end
@@ -316,6 +320,46 @@ local n = 0
 for tag in string.gmatch(ARGV[2], '[^,]+') do
   redis.call('SET', ARGV[1] .. ':{' .. tag .. '}:ok', '1', 'NX')
   n = n + 1
+end
+return n
+"""
+
+DUE_TENANTS: Final = """#!lua flags=allow-cross-slot-keys
+-- The tenants whose earliest lease or claim has come, in the slots the hint set names,
+-- in one call (on a standalone Redis, or a Cluster node that serves every slot; a
+-- Cluster of several nodes refuses it and the client asks slot by slot). A hinted slot
+-- whose index is empty leaves the hint, in the same atomic step.
+-- ARGV: 1 namespace, 2 now, 3 at most this many, 4 the hint set, 5 the tag of slot 0
+-- Answers {'lost'} when a slot looked at has no marker (Redis lost its data; slot 0's
+-- is always looked at), else {'ok', tenants}.
+if redis.call('EXISTS', ARGV[1] .. ':{' .. ARGV[5] .. '}:ok') == 0 then return {'lost'} end
+local out = {}
+local limit = tonumber(ARGV[3])
+for _, tag in ipairs(redis.call('SMEMBERS', ARGV[4])) do
+  local slot = ARGV[1] .. ':{' .. tag .. '}:'
+  if redis.call('EXISTS', slot .. 'ok') == 0 then return {'lost'} end
+  if redis.call('ZCARD', slot .. 'due') == 0 then
+    redis.call('SREM', ARGV[4], tag)
+  elseif #out < limit then
+    local due = redis.call('ZRANGEBYSCORE', slot .. 'due', '-inf', ARGV[2], 'LIMIT', 0,
+      limit - #out)
+    for _, t in ipairs(due) do out[#out + 1] = t end
+  end
+end
+return {'ok', out}
+"""
+
+HINT_SLOTS: Final = """#!lua flags=allow-cross-slot-keys
+-- The backstop of the hint set: adds every slot (of the tags given) whose index holds a
+-- tenant. A reservation whose slot was never hinted (its client died between the
+-- reserve and the hint) is found by this, at the latest one full scan later.
+-- ARGV: 1 namespace, 2 the hint set, 3 tags, comma-separated (a chunk of the slots).
+local n = 0
+for tag in string.gmatch(ARGV[3], '[^,]+') do
+  if redis.call('ZCARD', ARGV[1] .. ':{' .. tag .. '}:due') > 0 then
+    redis.call('SADD', ARGV[2], tag)
+    n = n + 1
+  end
 end
 return n
 """

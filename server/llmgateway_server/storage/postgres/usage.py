@@ -30,6 +30,7 @@ from llmgateway_server.storage.postgres.outbox import Outbox
 _GROUP_SQL: dict[GroupBy, str] = {
     "tenant": "tenant",
     "key": "key_prefix",
+    "key_id": "key_id",
     "route": "route",
     "model": "upstream_model",
     "provider": "provider",
@@ -56,6 +57,8 @@ def _record_group(record: UsageRecord, query: UsageQuery) -> tuple[str, ...]:
             values.append(record.tenant)
         elif name == "key":
             values.append(record.key_prefix)
+        elif name == "key_id":
+            values.append(record.key_id)
         elif name == "route":
             values.append(record.route)
         elif name == "model":

@@ -71,6 +71,7 @@ _INSERT_ATTEMPT = (
 _GROUP_EXPRESSIONS: dict[GroupBy, str] = {
     "tenant": "c.tenant",
     "key": "c.key_prefix",
+    "key_id": "c.key_id",
     "route": "c.route",
     "model": "c.upstream_model",
     "provider": "c.provider",
