@@ -860,6 +860,22 @@ async def test_a_call_whose_reply_was_lost_is_resent_and_counted_once(
             await store.aclose()
 
 
+async def test_a_burst_of_calls_is_not_refused_as_if_redis_were_down(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    # More calls at once than redis-py's default pool (100 connections) would allow.
+    store = RedisBudgetStore.from_url(redis_server.url, timeout_s=FAULT_BOUND_S, clock=clock)
+    try:
+        await store.rebuild({}, [])
+        scope = tenant(usd_per_day_nano=10**9)
+        outcomes = await asyncio.gather(
+            *(store.reserve(reservation(f"r{i}", 1, 1, scope)) for i in range(300))
+        )
+        assert outcomes == [None] * 300
+    finally:
+        await store.aclose()
+
+
 async def test_a_hung_redis_is_unavailable_after_the_timeout_not_never(
     server: RedisServer, clock: Clock
 ) -> None:

@@ -167,15 +167,13 @@ class BudgetPolicy:
     async def _reserve(self, state: CallState, now: float) -> None:
         periods = periods_at(now)
         scopes = state.budget_scopes
-        limited = any(not scope.limits.unlimited for scope in scopes)
         floor = min(state.route.min_max_tokens, state.max_tokens)
         lease = now + max(0.0, state.deadline - self._clock.now()) + self._lease_grace_s
         refusal: Refusal | None = None
+        # The requested max_tokens first (one round trip when the budget covers it, the
+        # usual case); after a refusal, what is left decides how much to try for.
+        max_tokens = state.max_tokens
         for _ in range(_RESERVE_TRIES):
-            remaining = (
-                await self._store.remaining(scopes, periods) if limited else Remaining(None, None)
-            )
-            max_tokens = max(floor, min(state.max_tokens, self._affordable(state, remaining)))
             reservation = Reservation(
                 request_id=state.request_id,
                 tenant=state.tenant,
@@ -211,6 +209,8 @@ class BudgetPolicy:
                 return
             if max_tokens <= floor:
                 break  # even the floor does not fit: refuse, naming the limit
+            remaining = await self._store.remaining(scopes, periods)
+            max_tokens = max(floor, min(state.max_tokens, self._affordable(state, remaining)))
         assert refusal is not None, "every try that does not return was refused"
         raise BudgetExceeded(
             f"the {refusal.window} {refusal.dimension} budget of {refusal.scope_kind} "
