@@ -152,9 +152,7 @@ class Storage:
         await self.ledger.aclose()
 
 
-async def open_storage(
-    config: GatewayConfig, environ: Mapping[str, str] | None = None
-) -> Storage:
+async def open_storage(config: GatewayConfig, environ: Mapping[str, str] | None = None) -> Storage:
     """Open (creating and migrating as needed) the stores the config names: on one node
     everything in the SQLite file of ``storage.url``; with ``storage.ledger_url`` the
     ledger (its outbox beside the SQLite file) and the tenants in PostgreSQL; with
