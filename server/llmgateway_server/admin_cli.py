@@ -132,7 +132,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     usage.add_argument("--tenant", default="", help="only this tenant")
     usage.add_argument("--csv", action="store_true", help="CSV on stdout, with a header")
-    usage.set_defaults(func=run, call=_usage, key_envs=(API_KEY_ENV, ADMIN_KEY_ENV))
+    # Without a key the call goes out as an anonymous caller: a gateway that admits them
+    # (the embedded default, `make run`) shows its anonymous tenant's own usage.
+    usage.set_defaults(
+        func=run, call=_usage, key_envs=(API_KEY_ENV, ADMIN_KEY_ENV), key_optional=True
+    )
 
 
 # -- parsers ------------------------------------------------------------------------------
@@ -182,9 +186,10 @@ def _tenant_flags(parser: argparse.ArgumentParser, *, unset: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``admin`` or ``usage`` command; the exit status."""
     try:
-        key = _key(args.key_envs)
+        key = _key(args.key_envs, optional=getattr(args, "key_optional", False))
+        metadata = (("authorization", f"Bearer {key}"),) if key is not None else ()
         with grpc.insecure_channel(args.address) as channel:
-            code: int = args.call(args, channel, (("authorization", f"Bearer {key}"),))
+            code: int = args.call(args, channel, metadata)
             return code
     except CommandError as exc:
         print(f"llmgateway: {exc}", file=sys.stderr)
@@ -194,11 +199,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _key(envs: Sequence[str]) -> str:
+def _key(envs: Sequence[str], *, optional: bool = False) -> str | None:
     for env in envs:
         value = environment_value(env)
         if value is not None:
             return value
+    if optional:
+        return None
     raise CommandError(
         f"set {' or '.join(envs)} to the key to call with "
         "(never pass a key as an argument: it would land in your shell history)"

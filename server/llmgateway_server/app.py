@@ -58,13 +58,6 @@ from llmgateway_server.storage.base import (
     UsageReader,
 )
 from llmgateway_server.storage.log_ledger import LogLedger
-from llmgateway_server.storage.postgres import (
-    PostgresLedger,
-    PostgresTenantStore,
-    outbox_path_for,
-)
-from llmgateway_server.storage.postgres import migrate as migrate_postgres
-from llmgateway_server.storage.redis_budgets import RedisBudgetStore
 from llmgateway_server.storage.sqlite import (
     SqliteBudgetStore,
     SqliteDatabase,
@@ -160,15 +153,26 @@ async def open_storage(config: GatewayConfig, environ: Mapping[str, str] | None 
     path = config.storage.sqlite_path
     db = await SqliteDatabase.open(path)  # each store holds it open; the last closes it
     redis_url = resolve_storage_url(config, "budgets", environ)
-    budgets: BudgetStore = (
-        SqliteBudgetStore(db, naive_for_tests=naive_budgets_for_tests())
-        if redis_url is None
-        else RedisBudgetStore.from_url(redis_url, naive_for_tests=naive_budgets_for_tests())
-    )
+    budgets: BudgetStore
+    if redis_url is None:
+        budgets = SqliteBudgetStore(db, naive_for_tests=naive_budgets_for_tests())
+    else:
+        # Imported only when configured: a single node does not pay for the client's
+        # memory (redis-py, psycopg: about 20 MB resident together).
+        from llmgateway_server.storage.redis_budgets import RedisBudgetStore
+
+        budgets = RedisBudgetStore.from_url(redis_url, naive_for_tests=naive_budgets_for_tests())
     postgres_url = resolve_storage_url(config, "ledger", environ)
     if postgres_url is None:
         sqlite_ledger = SqliteLedger(db)
         return Storage(sqlite_ledger, sqlite_ledger, budgets, SqliteTenantStore(db))
+    from llmgateway_server.storage.postgres import (
+        PostgresLedger,
+        PostgresTenantStore,
+        outbox_path_for,
+    )
+    from llmgateway_server.storage.postgres import migrate as migrate_postgres
+
     await migrate_postgres(postgres_url)
     ledger = await PostgresLedger.open(postgres_url, outbox_path_for(path))
     tenants = await PostgresTenantStore.open(postgres_url)

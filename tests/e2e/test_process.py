@@ -22,6 +22,7 @@ from llmgateway.v1 import gateway_pb2_grpc as pb_grpc
 
 from tests.support.configs import ENV, OPENAI_KEY, providers_config
 from tests.support.gateway import user
+from tests.support.processes import gateway_process as support_process
 from tests.support.upstream import Error, FakeUpstream, Respond
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,3 +288,28 @@ async def test_health_command_reports_serving(tmp_path: Path) -> None:
         assert (code, out.strip()) == (0, "SERVING")
         gw.proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(gw.proc.wait(), timeout=10)
+
+
+async def test_the_embedded_default_keeps_its_ledger_and_llmgateway_usage_reads_it_back(
+    tmp_path: Path,
+) -> None:
+    # What a new user's `make run` does: the embedded default, a SQLite file under data/
+    # in the working directory; the ledger outlives a restart.
+    async with support_process(tmp_path, None, {}) as gw:
+        async with grpc.aio.insecure_channel(gw.address) as channel:
+            stub = pb_grpc.GatewayServiceStub(channel)
+            await stub.Complete(
+                pb.CompleteRequest(model="default", messages=[user("remember me")]), timeout=10
+            )
+        assert await gw.stop() == 0
+    assert (tmp_path / "data" / "llmgateway.db").exists()
+    async with support_process(tmp_path, None, {}) as gw:
+        code, out, err = await _cli(
+            "usage", "--address", gw.address, "--csv", "--group-by", "tenant,route"
+        )
+        assert await gw.stop() == 0
+    assert code == 0, err
+    header, row = out.strip().splitlines()
+    fields = dict(zip(header.split(","), row.split(","), strict=True))
+    assert (fields["tenant"], fields["route"], fields["calls"]) == ("local", "default", "1")
+    assert int(fields["cost_nano_usd"]) > 0

@@ -38,12 +38,15 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def gateway_process(
-    workdir: Path, config_text: str, env: Mapping[str, str], *, name: str = "gateway"
+    workdir: Path, config_text: str | None, env: Mapping[str, str], *, name: str = "gateway"
 ) -> AsyncIterator[GatewayProcess]:
-    """Start ``llmgateway run --config`` in ``workdir`` (its default data/ goes there);
-    kill it on the way out if the test did not stop it."""
+    """Start ``llmgateway run --config`` (the embedded default when ``config_text`` is
+    None) in ``workdir`` (its default data/ goes there); kill it on the way out if the
+    test did not stop it."""
     config_path, log_path = _prepare(workdir, name, config_text)
-    args = [sys.executable, "-m", "llmgateway_server", "run", "--config", str(config_path)]
+    args = [sys.executable, "-m", "llmgateway_server", "run"]
+    if config_path is not None:
+        args += ["--config", str(config_path)]
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -67,11 +70,13 @@ async def gateway_process(
             await proc.wait()
 
 
-def _prepare(workdir: Path, name: str, config_text: str) -> tuple[Path, Path]:
-    """The process's folder, config file and (empty) log file."""
+def _prepare(workdir: Path, name: str, config_text: str | None) -> tuple[Path | None, Path]:
+    """The process's folder, config file (if any) and (empty) log file."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config_path = workdir / f"{name}.yaml"
-    config_path.write_text(config_text)
+    config_path = None
+    if config_text is not None:
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(config_text)
     log_path = workdir / f"{name}.log"
     log_path.write_bytes(b"")
     return config_path, log_path
