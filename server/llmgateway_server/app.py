@@ -387,13 +387,23 @@ class GatewayServer:
 
 async def _sweep_leases(store: BudgetStore, ledger: UsageLedger, components: Components) -> None:
     """Every few seconds (and at once, at start-up): charge the reservations of calls
-    whose process died and record them as abandoned."""
+    whose process died and record them as abandoned. Hourly, on SQLite, forget finished
+    reservations older than a week (Redis expires its own): a request id is refused as
+    reused for that long."""
+    next_prune = 0.0
     while True:
+        now = time.time()
         try:
-            await sweep_abandoned(store, ledger, time.time())
+            await sweep_abandoned(store, ledger, now)
+            if isinstance(store, SqliteBudgetStore) and now >= next_prune:
+                await store.prune(now - _REQUEST_ID_MEMORY_S)
+                next_prune = now + 3600
         except StoreUnavailable:
             log.warning("lease sweep: the budget store is unavailable; retrying")
         await asyncio.sleep(components.lease_sweep_s)
+
+
+_REQUEST_ID_MEMORY_S = 7 * 86_400
 
 
 async def serve(

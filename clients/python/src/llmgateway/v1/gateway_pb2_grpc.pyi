@@ -50,8 +50,15 @@ class GatewayServiceStub:
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
     | RESOURCE_EXHAUSTED  | COST_LIMIT_EXCEEDED      | QuotaFailure; metadata: limit_nano_usd,  |
     |                     |                          | estimated_nano_usd                       |
-    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
+    | PERMISSION_DENIED   | TENANT_KEY_REQUIRED      | an admin key on a gateway call           |
+    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo until the window |
+    |                     |                          | resets; metadata: scope, window,         |
+    |                     |                          | dimension, limit, used                   |
+    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo; metadata as     |
+    |                     |                          | BUDGET_EXCEEDED                          |
+    | ALREADY_EXISTS      | REQUEST_ID_REUSED        | the request_id was used before: the call |
+    |                     |                          | is not sent or charged again             |
+    | UNAVAILABLE         | STORE_UNAVAILABLE        | the budget or key store cannot answer    |
     | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
@@ -106,8 +113,15 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
     | RESOURCE_EXHAUSTED  | COST_LIMIT_EXCEEDED      | QuotaFailure; metadata: limit_nano_usd,  |
     |                     |                          | estimated_nano_usd                       |
-    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
+    | PERMISSION_DENIED   | TENANT_KEY_REQUIRED      | an admin key on a gateway call           |
+    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo until the window |
+    |                     |                          | resets; metadata: scope, window,         |
+    |                     |                          | dimension, limit, used                   |
+    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo; metadata as     |
+    |                     |                          | BUDGET_EXCEEDED                          |
+    | ALREADY_EXISTS      | REQUEST_ID_REUSED        | the request_id was used before: the call |
+    |                     |                          | is not sent or charged again             |
+    | UNAVAILABLE         | STORE_UNAVAILABLE        | the budget or key store cannot answer    |
     | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
@@ -158,8 +172,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     | INVALID_ARGUMENT    | CONTENT_BLOCKED          | metadata: category                       |
     | RESOURCE_EXHAUSTED  | COST_LIMIT_EXCEEDED      | QuotaFailure; metadata: limit_nano_usd,  |
     |                     |                          | estimated_nano_usd                       |
-    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo when known       |
-    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo when known       |
+    | PERMISSION_DENIED   | TENANT_KEY_REQUIRED      | an admin key on a gateway call           |
+    | RESOURCE_EXHAUSTED  | BUDGET_EXCEEDED          | QuotaFailure, RetryInfo until the window |
+    |                     |                          | resets; metadata: scope, window,         |
+    |                     |                          | dimension, limit, used                   |
+    | RESOURCE_EXHAUSTED  | RATE_LIMITED             | QuotaFailure, RetryInfo; metadata as     |
+    |                     |                          | BUDGET_EXCEEDED                          |
+    | ALREADY_EXISTS      | REQUEST_ID_REUSED        | the request_id was used before: the call |
+    |                     |                          | is not sent or charged again             |
+    | UNAVAILABLE         | STORE_UNAVAILABLE        | the budget or key store cannot answer    |
     | RESOURCE_EXHAUSTED  | (none: gRPC itself)      | request over the message-size limit      |
     | UNAVAILABLE         | UPSTREAM_UNAVAILABLE     | RetryInfo; metadata: attempt_count and   |
     |                     |                          | attempt_<n> = "<provider>/<model>:<CLASS>"|
