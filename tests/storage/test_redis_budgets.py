@@ -497,6 +497,31 @@ async def test_take_is_all_or_nothing_across_buckets(store: RedisBudgetStore) ->
     assert refusal.dimension == "requests"
 
 
+async def test_admit_reserves_only_what_the_rate_limits_let_through(
+    store: RedisBudgetStore, raw: aioredis.Redis
+) -> None:
+    limits = RateLimits(requests_per_minute=2)
+    scopes = (tenant(usd_per_day_nano=500),)
+    assert (
+        await store.admit(
+            reservation("a1", 300, 10, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+        )
+        is None
+    )
+    refusal = await store.admit(
+        reservation("a2", 300, 10, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+    )
+    assert refusal is not None
+    assert (refusal.window, refusal.dimension) == ("day", "usd")
+    # Two scripts in turn: the refused reservation's request still counted (two taken).
+    refusal = await store.admit(
+        reservation("a3", 1, 1, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+    )
+    assert refusal is not None
+    assert (refusal.window, refusal.dimension) == ("minute", "requests")
+    assert await counter(raw, "tenant", "acme", "day", "2099-12-02") == {"ru": 300, "rt": 10}
+
+
 async def test_buckets_refill_with_elapsed_time_up_to_the_limit(store: RedisBudgetStore) -> None:
     limits = RateLimits(requests_per_minute=60)
     for _ in range(60):

@@ -339,6 +339,46 @@ async def test_a_take_bigger_than_the_bucket_runs_when_full_and_leaves_debt(
     assert refusal.retry_after_s == pytest.approx(30.1 - 1)
 
 
+async def test_admit_takes_and_reserves_or_does_neither(store: SqliteBudgetStore) -> None:
+    limits = RateLimits(requests_per_minute=2, tokens_per_minute=1000)
+    scopes = (tenant(usd_per_day_nano=500),)
+    assert (
+        await store.admit(
+            reservation("a1", 300, 10, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+        )
+        is None
+    )
+    # The budget refuses the next one: its take is given back.
+    refusal = await store.admit(
+        reservation("a2", 300, 10, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+    )
+    assert refusal is not None
+    assert (refusal.window, refusal.dimension) == ("day", "usd")
+    # A request id seen before: refused, and its take given back too.
+    with pytest.raises(DuplicateRequest):
+        await store.admit(
+            reservation("a1", 1, 1, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+        )
+    # So one request is left in the bucket of two.
+    assert (
+        await store.admit(
+            reservation("a3", 100, 10, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+        )
+        is None
+    )
+    # The rate limit refuses before the budget is looked at, and holds nothing.
+    refusal = await store.admit(
+        reservation("a4", 1, 1, *scopes), limits, requests=1, tokens=10, now_unix_s=NOW
+    )
+    assert refusal is not None
+    assert (refusal.window, refusal.dimension) == ("minute", "requests")
+    assert await store.counter("tenant", "acme", "day", "2026-12-02") == BudgetCounter(
+        reserved_nano_usd=400, reserved_tokens=20
+    )
+    # a4 was never reserved: it may come again.
+    assert await store.reserve(reservation("a4", 100, 1, *scopes)) is None
+
+
 async def test_a_zero_rate_limit_admits_nothing(store: SqliteBudgetStore) -> None:
     refusal = await store.take(
         "acme", RateLimits(requests_per_minute=0), requests=1, tokens=0, now_unix_s=NOW

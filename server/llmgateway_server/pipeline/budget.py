@@ -1,9 +1,10 @@
 """Budget and rate-limit policy: reserve the worst case before any upstream call, settle
 to what the ledger records after it.
 
-Before: the tenant's rate limits are taken (one request, and the prompt's token bound
-plus max_tokens), then a reservation is made against the tenant's and the key's budgets
-(USD and tokens, per UTC day and month): the prompt's token bound at the input price
+Before, in one store operation (``admit``): the tenant's rate limits are taken (one
+request, and the prompt's token bound plus max_tokens) and a reservation is made against
+the tenant's and the key's budgets (USD and tokens, per UTC day and month): the
+prompt's token bound at the input price
 plus max_tokens at the output price, at the dearest target the chain may try. When the
 budget can afford less than the requested max_tokens, the call goes on with the
 max_tokens it can afford; below the route's ``min_max_tokens`` it is refused
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +72,14 @@ _RESERVE_TRIES = 3
 
 def periods_at(unix_s: float) -> Periods:
     """The UTC day and month of ``unix_s`` and when each ends."""
-    now = datetime.fromtimestamp(unix_s, tz=UTC)
+    return _periods_of_day(int(unix_s // 86_400))
+
+
+@functools.lru_cache(maxsize=4)
+def _periods_of_day(day: int) -> Periods:
+    # Once per UTC day (a POSIX day is 86,400 s): formatting dates is a good share of
+    # what the policy costs per call.
+    now = datetime.fromtimestamp(day * 86_400, tz=UTC)
     day_start = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp()
     days_in_month = calendar.monthrange(now.year, now.month)[1]
     month_start = datetime(now.year, now.month, 1, tzinfo=UTC).timestamp()
@@ -129,12 +138,10 @@ class BudgetPolicy:
         now = self._wall()
         try:
             try:
-                await self._take_rate(state, now)
-                await self._reserve(state, now)
+                await self._admit(state, now)
             except CountersLost:
                 await self._rebuild(now)
-                await self._take_rate(state, now)
-                await self._reserve(state, now)
+                await self._admit(state, now)
         except StoreUnavailable as exc:
             if not self._fail_open:
                 raise StorageUnavailable(
@@ -147,26 +154,12 @@ class BudgetPolicy:
                 extra={"request_id": state.request_id, "tenant": state.tenant},
             )
 
-    async def _take_rate(self, state: CallState, now: float) -> None:
-        limits = state.rate_limits
-        if limits.requests_per_minute is None and limits.tokens_per_minute is None:
-            return
-        tokens = _prompt_bound(state) + state.max_tokens
-        refusal = await self._store.take(
-            state.tenant, limits, requests=1, tokens=tokens, now_unix_s=now
-        )
-        if refusal is not None:
-            raise RateLimited(
-                f"tenant {state.tenant!r} is over its rate limit of {refusal.limit} "
-                f"{refusal.dimension} per minute",
-                metadata=_refusal_metadata(refusal),
-                retry_after_s=refusal.retry_after_s,
-                quota_violations=[_violation(refusal)],
-            )
-
-    async def _reserve(self, state: CallState, now: float) -> None:
+    async def _admit(self, state: CallState, now: float) -> None:
+        """Take the rate limits and reserve (one store operation); after a budget's
+        refusal, try again for the max_tokens that what is left affords."""
         periods = periods_at(now)
         scopes = state.budget_scopes
+        limits = state.rate_limits
         floor = min(state.route.min_max_tokens, state.max_tokens)
         lease = now + max(0.0, state.deadline - self._clock.now()) + self._lease_grace_s
         refusal: Refusal | None = None
@@ -174,19 +167,22 @@ class BudgetPolicy:
         # usual case); after a refusal, what is left decides how much to try for.
         max_tokens = state.max_tokens
         for _ in range(_RESERVE_TRIES):
+            tokens = _prompt_bound(state) + max_tokens
             reservation = Reservation(
                 request_id=state.request_id,
                 tenant=state.tenant,
                 scopes=scopes,
                 periods=periods,
                 nano_usd=self._worst_case(state, max_tokens),
-                tokens=_prompt_bound(state) + max_tokens,
+                tokens=tokens,
                 lease_until_unix_s=lease,
                 key_prefix=state.key_prefix,
                 route=state.route.name,
             )
             try:
-                refusal = await self._store.reserve(reservation)
+                refusal = await self._store.admit(
+                    reservation, limits, requests=1, tokens=tokens, now_unix_s=now
+                )
             except DuplicateRequest:
                 raise RequestIdReused(
                     f"request_id {state.request_id!r} was used before; a request is "
@@ -207,6 +203,14 @@ class BudgetPolicy:
                 state.reservation = reservation
                 self._held[reservation.request_id] = reservation
                 return
+            if refusal.window == "minute":
+                raise RateLimited(
+                    f"tenant {state.tenant!r} is over its rate limit of {refusal.limit} "
+                    f"{refusal.dimension} per minute",
+                    metadata=_refusal_metadata(refusal),
+                    retry_after_s=refusal.retry_after_s,
+                    quota_violations=[_violation(refusal)],
+                )
             if max_tokens <= floor:
                 break  # even the floor does not fit: refuse, naming the limit
             remaining = await self._store.remaining(scopes, periods)

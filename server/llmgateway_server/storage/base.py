@@ -285,6 +285,21 @@ class BudgetStore(Protocol):
         None when taken, else the bucket that is short and when it will have enough."""
         ...
 
+    async def admit(
+        self,
+        reservation: Reservation,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now_unix_s: float,
+    ) -> Refusal | None:
+        """``take`` then ``reserve``, as one operation where the store can (SQLite: one
+        transaction, one round trip, and a take undone when the reservation is refused;
+        Redis: the two scripts in turn). None when both hold; else the refusal, a rate
+        limit's (window ``minute``) before a budget's. DuplicateRequest as ``reserve``."""
+        ...
+
     async def aclose(self) -> None:
         """Close connections."""
         ...

@@ -394,6 +394,23 @@ class RedisBudgetStore:
             retry_after_s=lacking / rate if rate > 0 else _SECONDS_PER_MINUTE,
         )
 
+    async def admit(
+        self,
+        reservation: Reservation,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now_unix_s: float,
+    ) -> Refusal | None:
+        """``take``, then ``reserve`` if the rate limits allowed the call: two scripts,
+        two round trips (a take is not given back when the reservation is refused: the
+        request counted against the rate limit)."""
+        refusal = await self.take(
+            reservation.tenant, limits, requests=requests, tokens=tokens, now_unix_s=now_unix_s
+        )
+        return refusal if refusal is not None else await self.reserve(reservation)
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         with _faults():

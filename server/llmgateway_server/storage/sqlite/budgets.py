@@ -102,14 +102,15 @@ class SqliteBudgetStore:
         _check_amounts(reservation.nano_usd, reservation.tokens)
         if self._naive:
             return await self._naive_reserve(reservation)
-        return await self._db.write(partial(_reserve, reservation, self._clock()))
+        return await self._db.write(partial(_reserve, reservation, self._clock()), quick=True)
 
     async def settle(self, request_id: str, tenant: str, nano_usd: int, tokens: int) -> None:
         """Turn a held reservation into spend of the actual amounts; anything else
         (unknown, settled, expired, another tenant's) is a no-op."""
         _check_amounts(nano_usd, tokens)
         await self._db.write(
-            partial(_finish, request_id, tenant, (nano_usd, tokens), "settled", self._clock())
+            partial(_finish, request_id, tenant, (nano_usd, tokens), "settled", self._clock()),
+            quick=True,
         )
 
     async def expire(self, now_unix_s: float) -> list[Reservation]:
@@ -127,7 +128,34 @@ class SqliteBudgetStore:
             return None
         if requests < 0 or tokens < 0:
             raise ValueError("requests and tokens must not be negative")
-        return await self._db.write(partial(_take, tenant, limits, requests, tokens, now_unix_s))
+        return await self._db.write(
+            partial(_take, tenant, limits, requests, tokens, now_unix_s), quick=True
+        )
+
+    async def admit(
+        self,
+        reservation: Reservation,
+        limits: RateLimits,
+        *,
+        requests: int,
+        tokens: int,
+        now_unix_s: float,
+    ) -> Refusal | None:
+        """Take the rate limits and reserve in one transaction (one round trip to the
+        writer): both hold, or neither does (a take is undone when the reservation is
+        refused, or when the request_id was seen before)."""
+        _check_amounts(reservation.nano_usd, reservation.tokens)
+        if requests < 0 or tokens < 0:
+            raise ValueError("requests and tokens must not be negative")
+        if self._naive:
+            refusal = await self.take(
+                reservation.tenant, limits, requests=requests, tokens=tokens, now_unix_s=now_unix_s
+            )
+            return refusal if refusal is not None else await self._naive_reserve(reservation)
+        return await self._db.write(
+            partial(_admit, reservation, limits, (requests, tokens, now_unix_s), self._clock()),
+            quick=True,
+        )
 
     async def prune(self, before_unix_s: float, *, batch: int = 1000) -> int:
         """Delete settled and expired reservations made before ``before_unix_s`` (held
@@ -313,13 +341,39 @@ def _reserve(r: Reservation, now: float, conn: sqlite3.Connection) -> Refusal | 
     refusal = _first_refusal(r.scopes, r.periods, r, now, conn)
     if refusal is not None:
         return refusal
-    _hold(r, now, conn)
+    _record(r, now, conn)
     return None
 
 
+def _admit(
+    r: Reservation,
+    limits: RateLimits,
+    take: tuple[int, int, float],
+    now: float,
+    conn: sqlite3.Connection,
+) -> Refusal | None:
+    requests, tokens, rate_now = take
+    if limits.requests_per_minute is None and limits.tokens_per_minute is None:
+        return _reserve(r, now, conn)
+    # A savepoint of its own: the take is undone when the reservation is refused (the
+    # writer undoes the whole operation, take included, when it raises).
+    conn.execute("SAVEPOINT admit")
+    refusal = _take(r.tenant, limits, requests, tokens, rate_now, conn)
+    if refusal is None:
+        refusal = _reserve(r, now, conn)
+        if refusal is not None:
+            conn.execute("ROLLBACK TO admit")
+    conn.execute("RELEASE admit")
+    return refusal
+
+
 def _hold(r: Reservation, now: float, conn: sqlite3.Connection) -> None:
-    """Record the reservation and add it to the reserved counters (no check)."""
+    """Record the reservation and add it to the reserved counters (no limit checked)."""
     _refuse_replay(r.request_id, conn)
+    _record(r, now, conn)
+
+
+def _record(r: Reservation, now: float, conn: sqlite3.Connection) -> None:
     conn.execute(
         "INSERT INTO budget_reservations (request_id, tenant, key_prefix, route, scopes, day, "
         "month, day_ends_unix_s, month_ends_unix_s, nano_usd, tokens, lease_until_unix_s, "
@@ -444,11 +498,15 @@ def _take(
     if limits.tokens_per_minute is not None:
         buckets.append(("tokens", limits.tokens_per_minute, tokens))
     levels: list[float] = []
+    stored = {
+        row[0]: (row[1], row[2])
+        for row in conn.execute(
+            "SELECT dimension, level, updated_at_unix_s FROM rate_buckets WHERE tenant = ?",
+            (tenant,),
+        )
+    }
     for dimension, capacity, amount in buckets:
-        row = conn.execute(
-            "SELECT level, updated_at_unix_s FROM rate_buckets WHERE tenant = ? AND dimension = ?",
-            (tenant, dimension),
-        ).fetchone()
+        row = stored.get(dimension)
         rate = capacity / _SECONDS_PER_MINUTE
         if row is None:
             level = float(capacity)

@@ -1,13 +1,29 @@
 """One SQLite file per node: its connections, the writer thread, and reads off the loop.
 
-Every write goes through one thread per process (``SqliteDatabase.write``): it takes all
-the operations queued while the previous transaction committed and runs them in ONE
+Writes (``SqliteDatabase.write``) are grouped: every operation queued together runs in ONE
 ``BEGIN IMMEDIATE`` transaction, each under its own savepoint (group commit), so many
 concurrent calls share a commit. A caller's future resolves only after that COMMIT has
-returned. Reads (``SqliteDatabase.read``) run in a few threads on read-only connections,
-those queued together in one read transaction; WAL lets them proceed while a write is in
+returned. Two ways in:
+
+- The writer thread (one per process) takes all the operations queued while its
+  previous transaction committed. Anything that may be slow goes there: sweeps, pruning,
+  admin writes, an fsync (``FULL``), and whatever found the write lock taken.
+- Quick writes (``quick=True``: a call's reservation, settle and ledger row, a few
+  indexed statements each) run on the event loop, those of one loop iteration in one
+  transaction at its end, when the write lock is free at that moment (never waiting for
+  it: taken, they go to the writer thread). A call makes two of them on its path (admit
+  before the upstream, settle and ledger row before the result). In the thread, each
+  cost a hand-off each way and, under load, a wait for the GIL at every statement while
+  the loop held it: bench/bench_sqlite_budgets.py and bench/RESULTS.md (0.38 ms for a
+  reservation at 1 call in flight and 10-12 ms at 64, against 0.1 ms of work). On the
+  loop, a commit in WAL mode with ``NORMAL`` is a write into the OS's page cache; the
+  risk taken is that a disk so stalled that the page cache stops taking writes stalls
+  the loop too (as it would the logs).
+
+Reads (``SqliteDatabase.read``) run in a few threads on read-only connections, those
+queued together in one read transaction; WAL lets them proceed while a write is in
 progress, in this process or another. Results reach the event loop with one wake-up per
-batch. Nothing here ever runs SQLite on the event loop.
+batch.
 
 Several gateway processes may share the file (SO_REUSEPORT workers): WAL and ``BEGIN
 IMMEDIATE`` (a transaction takes the write lock before it reads, so a check and the write
@@ -74,6 +90,17 @@ class _Op:
 
 
 _STOP = object()
+
+
+class _Busy(Exception):
+    """The write lock was taken (by another process, or this one's writer thread)."""
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, sqlite3.OperationalError)
+        and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+    )
 
 
 def connect(path: Path, *, busy_timeout_s: float, read_only: bool = False) -> sqlite3.Connection:
@@ -188,6 +215,13 @@ class SqliteDatabase:
         writer.execute("PRAGMA busy_timeout = 0")
         self._busy_timeout_s = busy_timeout_s
         self._writer = writer
+        # The event loop's own connection, for quick writes while the write lock is free
+        # (``write(quick=True)``); it never waits for the lock.
+        inline = connect(self.path, busy_timeout_s=0)
+        inline.execute("PRAGMA wal_autocheckpoint = 0")
+        inline.execute("PRAGMA synchronous = NORMAL")
+        self._inline = inline
+        self._pending: list[_Op] = []  # quick writes of this loop iteration
         self._sync_now: Synchronous = "NORMAL"
         self._writes: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
@@ -236,15 +270,51 @@ class SqliteDatabase:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def write(self, fn: Operation[T], *, durable: bool = False) -> T:
-        """Run ``fn(connection)`` in the writer thread inside a write transaction shared
-        with whatever else is queued, and return its result once that transaction has
-        COMMITTED. If ``fn`` raises, only its own changes are rolled back and the
-        exception is raised here. ``durable``: the commit must survive a power loss when
-        the database is configured ``FULL``.
+    async def write(self, fn: Operation[T], *, durable: bool = False, quick: bool = False) -> T:
+        """Run ``fn(connection)`` inside a write transaction shared with whatever else is
+        queued, and return its result once that transaction has COMMITTED. If ``fn``
+        raises, only its own changes are rolled back and the exception is raised here.
+        ``durable``: the commit must survive a power loss when the database is configured
+        ``FULL``.
+
+        ``quick``: ``fn`` is a few indexed statements (a call's reservation, settle or
+        ledger row). Then it runs on the event loop, with the other quick writes of the
+        same loop iteration, in one transaction at the end of the iteration, if the
+        write lock is free at that moment; else (another process or this one's writer
+        thread holds it, or it must fsync) it goes to the writer thread like any other.
 
         Cancelling the caller does not cancel the operation: it may still commit."""
+        if quick and not (durable and self.synchronous == "FULL"):
+            return await self._submit_inline(fn)
         return await self._submit(self._writes, fn, durable)
+
+    async def _submit_inline(self, fn: Operation[T]) -> T:
+        if self._closed:
+            raise StoreUnavailable(f"SQLite database {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Op(fn, False, loop, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush_inline)
+        return await future
+
+    def _flush_inline(self) -> None:
+        """Commit the quick writes queued in this loop iteration, on the loop, if the
+        write lock is free now; else hand them to the writer thread (which waits)."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            results = self._commit(self._inline, batch, wait=False)
+        except _Busy:
+            for op in batch:
+                self._writes.put(op)
+            return
+        loop = asyncio.get_running_loop()
+        if all(op.loop is loop for op in batch):
+            _resolve([(op.future, *result) for op, result in zip(batch, results, strict=True)])
+        else:
+            _deliver(batch, results)  # ops of another loop (tests): resolved on theirs
 
     def _run_writer(self) -> None:
         conn = self._writer
@@ -252,43 +322,75 @@ class SqliteDatabase:
             _deliver(batch, self._commit(conn, batch))
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[_Op], *, wait: bool = True
+    ) -> list[tuple[bool, Any]]:
+        """Run ``batch`` in one transaction on ``conn``. ``wait=False`` (the loop's
+        connection): the write lock must be free at once, else nothing is done and
+        ``_Busy`` is raised."""
         try:
-            wanted: Synchronous = self.synchronous if any(op.durable for op in batch) else "NORMAL"
-            if wanted != self._sync_now:
-                conn.execute(f"PRAGMA synchronous = {wanted}")
-                self._sync_now = wanted
-            self._begin(conn)
-            # A savepoint per operation, so that one failing undoes only its own changes;
-            # an operation alone in its transaction needs none (ROLLBACK undoes it).
-            alone = len(batch) == 1
-            for op in batch:
-                if not alone:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    value = op.fn(conn)
-                except Exception as exc:  # handed to its caller, who re-raises it
-                    if is_fault(exc):
-                        raise  # the database failed, not this operation: the batch fails
-                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO op")
-                    if alone:
-                        return [(False, exc)]
-                    conn.execute("RELEASE op")
-                    results.append((False, exc))
-                else:
-                    if not alone:
-                        conn.execute("RELEASE op")
-                    results.append((True, value))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the failure
+            results = self._transaction(conn, batch, wait)
+        except Exception as exc:  # every caller in the batch gets the failure
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
+            if not wait and _is_busy(exc):
+                raise _Busy from exc  # nothing was committed: the writer thread redoes it
             # Nothing of the batch was committed: each caller gets its own error.
             return [(False, unavailable(self.path, exc) if is_fault(exc) else exc) for _ in batch]
         return results
+
+    def _transaction(
+        self, conn: sqlite3.Connection, batch: list[_Op], wait: bool
+    ) -> list[tuple[bool, Any]]:
+        # First the operations one after the other, as they come: the usual case, no
+        # operation fails. One that raises (a caller's mistake, a request id seen before)
+        # undoes the transaction, and the batch runs again with a savepoint around each
+        # operation, so that one failing undoes only its own changes. (A savepoint for
+        # every operation every time costs two statements each, a fifth of a call's.)
+        self._start(conn, batch, wait)
+        results: list[tuple[bool, Any]] = []
+        for op in batch:
+            try:
+                results.append((True, op.fn(conn)))
+            except Exception as exc:  # handed to its caller, who re-raises it
+                if is_fault(exc):
+                    raise  # the database failed, not this operation: the batch fails
+                conn.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return [(False, exc)]
+                break
+        else:
+            conn.execute("COMMIT")
+            self.commits += 1
+            return results
+        self._start(conn, batch, wait)
+        results = []
+        for op in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op.fn(conn)
+            except Exception as exc:  # handed to its caller, who re-raises it
+                if is_fault(exc):
+                    raise
+                conn.execute("ROLLBACK TO op")
+                results.append((False, exc))
+            else:
+                results.append((True, value))
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+        self.commits += 1
+        return results
+
+    def _start(self, conn: sqlite3.Connection, batch: list[_Op], wait: bool) -> None:
+        if not wait:
+            conn.execute("BEGIN IMMEDIATE")  # busy: _Busy, and the writer thread waits
+            return
+        wanted: Synchronous = self.synchronous if any(op.durable for op in batch) else "NORMAL"
+        if wanted != self._sync_now:
+            conn.execute(f"PRAGMA synchronous = {wanted}")
+            self._sync_now = wanted
+        self._begin(conn)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write transaction to end in
@@ -300,8 +402,7 @@ class SqliteDatabase:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
-                if not busy or time.monotonic() > deadline:
+                if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(nap * random.uniform(0.5, 1.5))  # jitter: waiters do not wake together
             nap = min(nap * 2, 0.002)
@@ -384,7 +485,9 @@ class SqliteDatabase:
         last connection to the file checkpoints it and removes the WAL). Idempotent."""
         if self._closed:
             return
+        self._flush_inline()  # quick writes already queued are committed first
         self._closed = True
+        self._inline.close()
         self._writes.put(_STOP)
         self._reads.put(_STOP)
         self._stopping.set()

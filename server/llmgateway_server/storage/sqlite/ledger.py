@@ -91,7 +91,7 @@ class SqliteLedger:
     async def write(self, record: UsageRecord) -> None:
         """Commit the record (and its tags and attempts) unless its request_id has one
         already; returns when committed. StoreUnavailable if the file cannot be written."""
-        await self._db.write(partial(_insert, record), durable=True)
+        await self._db.write(partial(_insert, record), durable=True, quick=True)
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         """Sums over ``[start, end)`` grouped as asked, ordered by the group values."""
