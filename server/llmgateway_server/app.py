@@ -34,11 +34,13 @@ from llmgateway_server.config import (
 )
 from llmgateway_server.errors import ConfigError
 from llmgateway_server.gateway import Gateway
+from llmgateway_server.guardrails.rules import build_guardrails
 from llmgateway_server.key_cache import StoreKeyCache
 from llmgateway_server.pipeline import Pipeline, Policy
 from llmgateway_server.pipeline.budget import BudgetPolicy, sweep_abandoned
 from llmgateway_server.pipeline.context_window import ContextWindowPolicy
 from llmgateway_server.pipeline.cost_guard import CostGuardPolicy
+from llmgateway_server.pipeline.guardrails import GuardrailsPolicy
 from llmgateway_server.pipeline.ledger import LedgerPolicy
 from llmgateway_server.providers.anthropic import AnthropicProvider
 from llmgateway_server.providers.base import Provider
@@ -235,7 +237,12 @@ def build_components(
     # Ledger first so its record is written last; the prompt is planned (and trimmed)
     # before the cost guard prices it, and both before the budget reserves for it.
     ledger_policy = LedgerPolicy(ledger, clock)
-    policies: list[Policy] = [ledger_policy, ContextWindowPolicy(), CostGuardPolicy()]
+    policies: list[Policy] = [ledger_policy]
+    guardrails = build_guardrails(config)
+    if guardrails.any:
+        # Before the prompt is counted and priced: those follow the redacted prompt.
+        policies.append(GuardrailsPolicy(guardrails))
+    policies += [ContextWindowPolicy(), CostGuardPolicy()]
     if storage is not None:
         policies.append(
             BudgetPolicy(

@@ -7,10 +7,14 @@ neither depends on the other for it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llmgateway_server.routes import Route, Target
 from llmgateway_server.storage.base import RateLimits, Reservation, Scope
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
+
+if TYPE_CHECKING:
+    from llmgateway_server.guardrails.scanner import Scanner
 from llmgateway_server.types import (
     Attempt,
     CallOutcome,
@@ -104,6 +108,10 @@ class CallState:
     reservation: Reservation | None = None
     # Usage and cost once known (set with the completion, or by the ledger at the end).
     metered: Metered | None = None
+    # The guardrails: the scanner the output goes through (None: no output rule), and
+    # every finding as (detector label, action, direction), for the usage record.
+    output_guard: Scanner | None = None
+    guardrail_findings: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def request_id(self) -> str:

@@ -262,6 +262,50 @@ class TierConfig(_Strict):
         return [TargetRef(target=t) if isinstance(t, str) else t for t in self.targets]
 
 
+class DetectorConfig(_Strict):
+    """One guardrail: what to look for, what to do with it, and in which direction."""
+
+    kind: Literal["email", "phone", "card", "iban", "secret", "regex", "keywords"]
+    action: Literal["redact", "block"] = "redact"
+    direction: Literal["input", "output", "both"] = "both"
+    # The placeholder ("[LABEL]") and the kind reported: the kind in capitals by default;
+    # required for regex and keywords.
+    label: str | None = Field(default=None, pattern=r"^[A-Z][A-Z0-9_]{0,31}$")
+    region: str = Field(default="US", pattern=r"^[A-Z]{2}$")  # phone: national numbers
+    pattern: str | None = Field(default=None, min_length=1, max_length=2000)  # regex
+    max_length: int | None = Field(default=None, ge=1, le=1000)  # regex: longest match
+    words: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> DetectorConfig:
+        custom = self.kind in ("regex", "keywords")
+        if custom and self.label is None:
+            raise ValueError(f"a {self.kind} detector needs a label (its placeholder)")
+        if (self.kind == "regex") != (self.pattern is not None):
+            raise ValueError("pattern is the setting of a regex detector (and it needs one)")
+        if (self.kind == "regex") != (self.max_length is not None):
+            raise ValueError(
+                "max_length is required by a regex detector (and only by one): the "
+                "streaming scan holds back at most that much text"
+            )
+        if (self.kind == "keywords") != bool(self.words):
+            raise ValueError("words is the setting of a keywords detector (and it needs some)")
+        if self.pattern is not None:
+            import regex  # compiled here so that a bad pattern is a config error
+
+            try:
+                regex.compile(self.pattern)
+            except regex.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        return self
+
+
+class GuardrailsConfig(_Strict):
+    """The detectors applied to a route's calls (or a tenant's, replacing the route's)."""
+
+    detectors: list[DetectorConfig] = []
+
+
 class RouteConfig(_Strict):
     """A logical model name: an ordered fallback chain of tiers and its policies."""
 
@@ -278,6 +322,7 @@ class RouteConfig(_Strict):
     # When a budget cannot cover max_tokens, the upstream is sent the max_tokens it can
     # afford; below this floor the call is refused (BUDGET_EXCEEDED).
     min_max_tokens: int = Field(default=16, ge=1, le=1_000_000)
+    guardrails: GuardrailsConfig = GuardrailsConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -356,6 +401,8 @@ class TenantConfig(_Strict):
     routes: list[str] = ["*"]
     budgets: BudgetConfig = BudgetConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
+    # Replaces the guardrails of every route this tenant calls, when set.
+    guardrails: GuardrailsConfig | None = None
 
 
 class AdminConfig(_Strict):

@@ -75,6 +75,7 @@ def _full_record(request_id: str) -> UsageRecord:
         provider="anthropic",
         upstream_model="claude-x",
         tags={"team": "search", "env": "prod", "ünï": "cødé"},
+        guardrails={"EMAIL:redact:output": 2, "CARD:block:input": 1},
         input_tokens=1200,
         output_tokens=345,
         cached_input_tokens=1000,

@@ -59,6 +59,7 @@ async def test_a_record_reads_back_with_every_field_tags_and_attempts(
         provider="anthropic",
         upstream_model="claude-x",
         tags={"team": "search", "env": "prod"},
+        guardrails={"EMAIL:redact:output": 2, "CARD:block:input": 1},
         input_tokens=1200,
         output_tokens=345,
         cached_input_tokens=1000,

@@ -200,3 +200,23 @@ def test_every_referenced_secret_value_is_handed_to_the_log_redactor() -> None:
     values = secret_values(parse_config(text), environ=environ)
     basic = base64.b64encode(b"egress:pr0xy-pass").decode()
     assert sorted(values) == sorted(["k3y!", "tenant-key-1", basic, "pr0xy-pass"])
+
+
+@pytest.mark.parametrize(
+    ("detector", "message"),
+    [
+        ("{kind: regex, label: T, pattern: 'TKT-[0-9', max_length: 9}", "pattern does not compile"),
+        ("{kind: regex, label: TICKET, pattern: 'TKT-[0-9]+'}", "max_length is required"),
+        ("{kind: regex, pattern: 'x', max_length: 1}", "needs a label"),
+        ("{kind: keywords, label: WORDS}", "words is the setting of a keywords detector"),
+        ("{kind: email, words: [a]}", "words is the setting of a keywords detector"),
+        ("{kind: email, action: hide}", "action"),
+        ("{kind: email, label: lower}", "label"),
+    ],
+)
+def test_a_guardrail_that_cannot_work_is_a_config_error(detector: str, message: str) -> None:
+    text = BASE.replace(
+        "    targets: [mini]", f"    targets: [mini]\n    guardrails: {{detectors: [{detector}]}}"
+    )
+    with pytest.raises(ConfigError, match=rf"routes\.default\.guardrails\.detectors\.0.*{message}"):
+        parse_config(text)

@@ -16,10 +16,17 @@ from typing import Protocol
 
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
+from llmgateway_server.guardrails.scanner import Scanner, scan_all_into
 from llmgateway_server.metering import total
 from llmgateway_server.pipeline.outcome import classify_outcome
 from llmgateway_server.routing import Router
-from llmgateway_server.types import CallOutcome, Completion, TextDelta, UpstreamResult
+from llmgateway_server.types import (
+    CallOutcome,
+    Completion,
+    FinishReason,
+    TextDelta,
+    UpstreamResult,
+)
 
 __all__ = ["CallState", "Pipeline", "Policy", "classify_outcome"]
 
@@ -59,20 +66,44 @@ class Pipeline:
             for policy in self._policies:
                 started.append(policy)
                 await policy.before(state)
+            guard = state.output_guard
+            released: list[str] = []  # what the guard let through, when there is one
             async with aclosing(self._router.run(state)) as items:
                 async for item in items:
                     if isinstance(item, UpstreamResult):
+                        if guard is not None:
+                            item, tail = self._guard_result(state, guard, item, released)
+                            if tail:
+                                yield self._delta(state, tail)
                         completion = self._complete(state, item)
                         state.completion = completion
                         state.outcome = CallOutcome.SUCCESS
                         finished = True
                         await self._after(started, state)
                         yield completion
-                    else:
-                        if state.first_token_at is None:
-                            state.first_token_at = self._clock.now()
-                        state.output_parts.append(item.text)
-                        yield item
+                        continue
+                    state.output_parts.append(item.text)
+                    if guard is None:
+                        yield self._delta(state, item.text, item)
+                        continue
+                    out = guard.feed(item.text)
+                    state.guardrail_findings.extend(
+                        (label, action, "output") for label, action in out.findings
+                    )
+                    if out.text:
+                        released.append(out.text)
+                        yield self._delta(state, out.text)
+                    if guard.blocked:
+                        break  # closing the router's stream cancels the upstream request
+            if guard is not None and guard.blocked and not finished:
+                # Blocked mid-stream: the attempt was recorded as cut (billed for what the
+                # upstream produced); the caller gets the text before the entity.
+                completion = self._filtered(state, "".join(released))
+                state.completion = completion
+                state.outcome = CallOutcome.SUCCESS
+                finished = True
+                await self._after(started, state)
+                yield completion
         except BaseException as exc:  # recorded for the ledger, then re-raised unchanged
             if not finished:
                 state.outcome, state.error_reason = classify_outcome(state, exc, self._clock.now())
@@ -112,6 +143,49 @@ class Pipeline:
         close)."""
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    def _delta(self, state: CallState, text: str, item: TextDelta | None = None) -> TextDelta:
+        if state.first_token_at is None:
+            state.first_token_at = self._clock.now()
+        return item if item is not None else TextDelta(text)
+
+    @staticmethod
+    def _guard_result(
+        state: CallState, guard: Scanner, result: UpstreamResult, released: list[str]
+    ) -> tuple[UpstreamResult, str]:
+        """The result as the guard lets it through, and the stream's held-back tail
+        (unary: the whole text goes through at once)."""
+        if state.streaming:
+            out = guard.finish()
+            content = "".join(released) + out.text
+        else:
+            out = scan_all_into(guard, result.content)
+            content = out.text
+        state.guardrail_findings.extend((label, action, "output") for label, action in out.findings)
+        finish = FinishReason.CONTENT_FILTER if guard.blocked else result.finish_reason
+        filtered = UpstreamResult(content, finish, result.usage, result.upstream_model)
+        return filtered, out.text if state.streaming else ""
+
+    def _filtered(self, state: CallState, content: str) -> Completion:
+        """The result of a stream a guardrail blocked before the upstream finished."""
+        target = state.current_target
+        assert target is not None, "a stream that produced text had a target"
+        state.served_by = target
+        metered = total(state.attempts)
+        state.metered = metered
+        call = state.current_call
+        prompt = state.current_prompt
+        return Completion(
+            content=content,
+            finish_reason=FinishReason.CONTENT_FILTER,
+            usage=metered.usage,
+            cost=metered.cost,
+            provider=target.provider_name,
+            upstream_model=call.upstream_model if call is not None else target.upstream_model,
+            attempts=tuple(state.attempts),
+            request_id=state.request_id,
+            trimmed_message_count=prompt.trimmed if prompt else 0,
+        )
 
     def _complete(self, state: CallState, result: UpstreamResult) -> Completion:
         target = state.served_by

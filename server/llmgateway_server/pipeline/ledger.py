@@ -56,7 +56,16 @@ def build_record(state: CallState, now: float) -> UsageRecord:
         key_id=state.key_id,
         key_prefix=state.key_prefix,
         attempts=tuple(_attempt_record(a) for a in state.attempts),
+        guardrails=_guardrail_counts(state.guardrail_findings),
     )
+
+
+def _guardrail_counts(findings: list[tuple[str, str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for label, action, direction in findings:
+        key = f"{label}:{action}:{direction}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def _attempt_record(attempt: Attempt) -> AttemptRecord:

@@ -105,6 +105,9 @@ class UsageRecord:
     latency_s: float = 0.0
     time_to_first_token_s: float | None = None
     attempts: Sequence[AttemptRecord] = ()
+    # What the guardrails found: "LABEL:action:direction" -> count, e.g.
+    # {"EMAIL:redact:output": 2} (labels only, never the matched text).
+    guardrails: Mapping[str, int] = field(default_factory=dict)
 
 
 class UsageLedger(Protocol):

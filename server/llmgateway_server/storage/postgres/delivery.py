@@ -67,6 +67,7 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("trimmed_message_count", "int4"),
     ("latency_s", "float8"),
     ("time_to_first_token_s", "float8"),
+    ("guardrails", "jsonb"),
 )
 ATTEMPT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "text"),

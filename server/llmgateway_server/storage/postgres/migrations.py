@@ -112,6 +112,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX api_keys_tenant ON api_keys (tenant, created_at_unix_s)",
         ),
     ),
+    Migration(
+        3,
+        "what the guardrails found, per call",
+        ("ALTER TABLE usage_calls ADD COLUMN guardrails jsonb NOT NULL DEFAULT '{}'::jsonb",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

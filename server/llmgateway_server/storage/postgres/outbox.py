@@ -101,6 +101,7 @@ def encode_record(record: UsageRecord) -> bytes:
 def _plain(record: UsageRecord) -> dict[str, Any]:
     fields = {name: getattr(record, name) for name in _RECORD_FIELDS}
     fields["tags"] = dict(record.tags)
+    fields["guardrails"] = dict(record.guardrails)
     fields["attempts"] = [dataclasses.asdict(a) for a in record.attempts]
     return fields
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from functools import partial
 
+import orjson
+
 from llmgateway_server.storage.base import (
     AttemptRecord,
     GroupBy,
@@ -43,6 +45,7 @@ _CALL_COLUMNS = (
     "trimmed_message_count",
     "latency_s",
     "time_to_first_token_s",
+    "guardrails",  # JSON
 )
 _INSERT_CALL = (
     f"INSERT INTO usage_calls ({', '.join(_CALL_COLUMNS)}) "
@@ -110,7 +113,9 @@ class SqliteLedger:
 
 def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
     # Columns are named as the record's fields (booleans are stored as 0/1).
-    cursor = conn.execute(_INSERT_CALL, [getattr(record, name) for name in _CALL_COLUMNS])
+    values = [getattr(record, name) for name in _CALL_COLUMNS]
+    values[-1] = orjson.dumps(dict(record.guardrails)).decode()
+    cursor = conn.execute(_INSERT_CALL, values)
     if cursor.rowcount != 1:
         return  # the request_id has its record already: the first one stands
     call_id = cursor.lastrowid
@@ -218,4 +223,5 @@ def _get(request_id: str, conn: sqlite3.Connection) -> UsageRecord | None:
     )
     for flag in ("usage_estimated", "streaming"):
         values[flag] = bool(values[flag])
+    values["guardrails"] = orjson.loads(values["guardrails"])
     return UsageRecord(**values, tags=tags, attempts=attempts)

@@ -160,7 +160,13 @@ _V2 = Migration(
     ),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2)
+_V3 = Migration(
+    3,
+    "what the guardrails found, per call",
+    ("ALTER TABLE usage_calls ADD COLUMN guardrails TEXT NOT NULL DEFAULT '{}'",),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -1,0 +1,56 @@
+"""Guardrails policy: the prompt is checked before anything else prices or sends it; the
+output is checked by a scanner the pipeline runs over the upstream's text.
+
+Input: each message is scanned whole; a blocking detector refuses the call
+(INVALID_ARGUMENT / CONTENT_BLOCKED, the detector's label in the ErrorInfo metadata, never
+the matched text) before any upstream is called; redacting detectors change what the
+upstream is sent, so the token count, the cost guard and the budget follow the redacted
+prompt. Output: ``state.output_guard`` is the scanner the pipeline feeds the upstream's
+text through (pipeline/__init__.py): a stream's text is released as soon as no detector
+can still match it, and a block ends the call with finish reason CONTENT_FILTER.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from llmgateway_server.call import CallState
+from llmgateway_server.errors import ContentBlocked
+from llmgateway_server.guardrails.rules import Guardrails
+from llmgateway_server.guardrails.scanner import Scanner, scan_all
+
+
+class GuardrailsPolicy:
+    """Applies the route's (or the tenant's) detectors to the prompt and the output."""
+
+    def __init__(self, guardrails: Guardrails) -> None:
+        self._guardrails = guardrails
+
+    async def before(self, state: CallState) -> None:
+        """Check (and redact) the prompt; arm the output scanner."""
+        rules = self._guardrails.for_call(state.route.name, state.tenant)
+        if rules.input:
+            request = state.request
+            messages = []
+            changed = False
+            for message in request.messages:
+                scanned = scan_all(rules.input, message.content)
+                state.guardrail_findings.extend(
+                    (label, action, "input") for label, action in scanned.findings
+                )
+                if scanned.blocked_by is not None:
+                    raise ContentBlocked(
+                        f"the prompt was blocked by the {scanned.blocked_by} guardrail",
+                        metadata={"category": scanned.blocked_by, "direction": "input"},
+                    )
+                if scanned.text != message.content:
+                    changed = True
+                    message = dataclasses.replace(message, content=scanned.text)
+                messages.append(message)
+            if changed:
+                state.request = dataclasses.replace(request, messages=tuple(messages))
+        if rules.output:
+            state.output_guard = Scanner(rules.output)
+
+    async def after(self, state: CallState) -> None:
+        """Nothing to undo."""
