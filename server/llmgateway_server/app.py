@@ -34,6 +34,7 @@ from llmgateway_server.config import (
 )
 from llmgateway_server.errors import ConfigError
 from llmgateway_server.gateway import Gateway
+from llmgateway_server.guardrails.classifier import Moderate
 from llmgateway_server.guardrails.rules import build_guardrails
 from llmgateway_server.key_cache import StoreKeyCache
 from llmgateway_server.pipeline import Pipeline, Policy
@@ -129,6 +130,18 @@ def build_provider(
             stream_usage=getattr(config, "stream_usage", True),
         )
     raise AssertionError(f"unhandled provider config {type(config).__name__}")
+
+
+def _moderation_of(provider: Provider) -> Moderate:
+    """The moderation call of a provider a classifier names (config validation makes
+    sure it is an OpenAI-format one)."""
+    assert isinstance(provider, OpenAIProvider), "a classifier's provider speaks OpenAI"
+
+    async def moderate(model: str, text: str) -> tuple[bool, Mapping[str, float]]:
+        # The classifier's own timeout bounds the wait; this one only caps the exchange.
+        return await provider.moderate(model, text, timeout_s=60.0)
+
+    return moderate
 
 
 @dataclass
@@ -238,7 +251,7 @@ def build_components(
     # before the cost guard prices it, and both before the budget reserves for it.
     ledger_policy = LedgerPolicy(ledger, clock)
     policies: list[Policy] = [ledger_policy]
-    guardrails = build_guardrails(config)
+    guardrails = build_guardrails(config, lambda name: _moderation_of(providers[name]))
     if guardrails.any:
         # Before the prompt is counted and priced: those follow the redacted prompt.
         policies.append(GuardrailsPolicy(guardrails))

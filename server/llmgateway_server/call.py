@@ -14,7 +14,7 @@ from llmgateway_server.storage.base import RateLimits, Reservation, Scope
 from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
 
 if TYPE_CHECKING:
-    from llmgateway_server.guardrails.scanner import Scanner
+    from llmgateway_server.guardrails.output import OutputGuard
 from llmgateway_server.types import (
     Attempt,
     CallOutcome,
@@ -110,7 +110,7 @@ class CallState:
     metered: Metered | None = None
     # The guardrails: the scanner the output goes through (None: no output rule), and
     # every finding as (detector label, action, direction), for the usage record.
-    output_guard: Scanner | None = None
+    output_guard: OutputGuard | None = None
     guardrail_findings: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property

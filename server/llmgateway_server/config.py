@@ -300,10 +300,26 @@ class DetectorConfig(_Strict):
         return self
 
 
+class ClassifierConfig(_Strict):
+    """Semantic moderation by an OpenAI-compatible ``/v1/moderations`` endpoint."""
+
+    # A provider of type openai or openai_compatible: its base_url, key, pool, proxy, CA.
+    provider: str
+    model: str = Field(default="omni-moderation-latest", min_length=1, max_length=200)
+    # Category -> score threshold in [0, 1]; none: the endpoint's own "flagged".
+    categories: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}
+    direction: Literal["input", "output", "both"] = "output"
+    # buffer: the whole output after one verdict; sentence: each sentence after its own.
+    release: Literal["buffer", "sentence"] = "buffer"
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+    on_error: Literal["block", "allow"] = "block"
+
+
 class GuardrailsConfig(_Strict):
     """The detectors applied to a route's calls (or a tenant's, replacing the route's)."""
 
     detectors: list[DetectorConfig] = []
+    classifier: ClassifierConfig | None = None
 
 
 class RouteConfig(_Strict):
@@ -544,6 +560,19 @@ class GatewayConfig(_Strict):
                 for ref in tier.refs():
                     if ref.target not in self.targets:
                         raise ValueError(f"routes.{name}.tiers.{t}: unknown target {ref.target!r}")
+        guarded: list[tuple[str, GuardrailsConfig | None]] = [
+            (f"routes.{n}", r.guardrails) for n, r in self.routes.items()
+        ]
+        guarded += [(f"auth.tenants.{t.name}", t.guardrails) for t in self.auth.tenants]
+        for where, rails in guarded:
+            if rails is None or rails.classifier is None:
+                continue
+            provider = self.providers.get(rails.classifier.provider)
+            if provider is None or provider.type not in ("openai", "openai_compatible"):
+                raise ValueError(
+                    f"{where}.guardrails.classifier.provider: {rails.classifier.provider!r} "
+                    "is not a provider of type openai or openai_compatible"
+                )
         tenants = [t.name for t in self.auth.tenants]
         if len(set(tenants)) != len(tenants):
             raise ValueError("auth.tenants: tenant names must be unique")

@@ -591,6 +591,12 @@ class FakeUpstream:
         self._ids = itertools.count(1)
         self._runner: web.ServerRunner | None = None
         self._closing = False
+        # POST /v1/moderations (OpenAI's format): a word in the input -> (category,
+        # score); every other category scores 0.01. A delay before answering, or an error
+        # status instead of an answer.
+        self.moderation_words: dict[str, tuple[str, float]] = {}
+        self.moderation_delay_s = 0.0
+        self.moderation_status = 200
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -826,6 +832,8 @@ class FakeUpstream:
 
         n = next(self._ids)
         req_id = f"req_fake{n:024d}"
+        if path == "/v1/moderations":
+            return await self._moderate(obj, req_id)
         if api is None:
             return self._openai_error(
                 404,
@@ -861,6 +869,34 @@ class FakeUpstream:
             conn = _Conn(None, lost)
         ctx = _Ctx(api, obj, model, stream, rec, conn, request, req_id)
         return await self._run(ctx, self._next_behaviour(model))
+
+    async def _moderate(self, body: dict[str, Any] | None, req_id: str) -> web.Response:
+        """OpenAI's moderation endpoint: one result per input text."""
+        if self.moderation_delay_s:
+            await asyncio.sleep(self.moderation_delay_s)
+        if self.moderation_status != 200:
+            return self._openai_error(
+                self.moderation_status, "server_error", None, None, "moderation failed", req_id
+            )
+        raw = (body or {}).get("input")
+        texts = [raw] if isinstance(raw, str) else [t for t in raw or () if isinstance(t, str)]
+        categories = {"hate", "harassment", "violence", "sexual", "self-harm"}
+        categories.update(c for c, _ in self.moderation_words.values())
+        results = []
+        for text in texts:
+            scores = dict.fromkeys(sorted(categories), 0.01)
+            for word, (category, score) in self.moderation_words.items():
+                if word.lower() in text.lower():
+                    scores[category] = max(scores[category], score)
+            results.append(
+                {
+                    "flagged": any(v >= 0.5 for v in scores.values()),
+                    "categories": {c: v >= 0.5 for c, v in scores.items()},
+                    "category_scores": scores,
+                }
+            )
+        model = (body or {}).get("model") or "omni-moderation-latest"
+        return web.json_response({"id": f"modr-{req_id}", "model": model, "results": results})
 
     def _check_api_key(
         self, api: Api, request: web.BaseRequest, req_id: str

@@ -3,21 +3,36 @@ replaces its routes' guardrails."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from llmgateway_server.config import DetectorConfig, GatewayConfig, GuardrailsConfig
 from llmgateway_server.guardrails import detectors
+from llmgateway_server.guardrails.classifier import Moderate, ModerationClassifier
 from llmgateway_server.guardrails.detectors import Detector
+from llmgateway_server.guardrails.output import ClassifierStage
 from llmgateway_server.guardrails.scanner import Rule
 
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """The rules applied to a call's prompt and to its output."""
+    """The rules applied to a call's prompt and to its output, and the classifier of
+    each direction."""
 
     input: tuple[Rule, ...] = ()
     output: tuple[Rule, ...] = ()
+    input_classifier: ClassifierStage | None = None
+    output_classifier: ClassifierStage | None = None
+
+    @property
+    def checks_input(self) -> bool:
+        """Whether the prompt is checked."""
+        return bool(self.input) or self.input_classifier is not None
+
+    @property
+    def checks_output(self) -> bool:
+        """Whether the output is checked."""
+        return bool(self.output) or self.output_classifier is not None
 
 
 NONE = RuleSet()
@@ -50,8 +65,17 @@ def detector_of(config: DetectorConfig) -> Detector:
     return Detector(config.label, built.pattern, built.max_length, built.lookahead, built.validate)
 
 
-def rule_set(config: GuardrailsConfig) -> RuleSet:
+def rule_set(config: GuardrailsConfig, moderate_of: Callable[[str], Moderate]) -> RuleSet:
     """The input and output rules of one guardrails block, in configured order."""
+    stage: ClassifierStage | None = None
+    direction = "none"
+    if config.classifier is not None:
+        c = config.classifier
+        classifier = ModerationClassifier(
+            moderate_of(c.provider), model=c.model, thresholds=c.categories, timeout_s=c.timeout_s
+        )
+        stage = ClassifierStage(classifier, c.release, c.on_error)
+        direction = c.direction
     inputs: list[Rule] = []
     outputs: list[Rule] = []
     for entry in config.detectors:
@@ -60,7 +84,12 @@ def rule_set(config: GuardrailsConfig) -> RuleSet:
             inputs.append(rule)
         if entry.direction in ("output", "both"):
             outputs.append(rule)
-    return RuleSet(tuple(inputs), tuple(outputs))
+    return RuleSet(
+        tuple(inputs),
+        tuple(outputs),
+        input_classifier=stage if direction in ("input", "both") else None,
+        output_classifier=stage if direction in ("output", "both") else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +110,19 @@ class Guardrails:
     def any(self) -> bool:
         """Whether any route or tenant has a rule."""
         sets = (*self.by_route.values(), *self.by_tenant.values())
-        return any(s.input or s.output for s in sets)
+        return any(s.checks_input or s.checks_output for s in sets)
 
 
-def build_guardrails(config: GatewayConfig) -> Guardrails:
-    """Compile every route's and tenant's guardrails."""
+def build_guardrails(config: GatewayConfig, moderate_of: Callable[[str], Moderate]) -> Guardrails:
+    """Compile every route's and tenant's guardrails; ``moderate_of(provider)`` is the
+    moderation call of a provider that a classifier names."""
     return Guardrails(
-        by_route={name: rule_set(route.guardrails) for name, route in config.routes.items()},
+        by_route={
+            name: rule_set(route.guardrails, moderate_of) for name, route in config.routes.items()
+        },
         by_tenant={
-            t.name: rule_set(t.guardrails) for t in config.auth.tenants if t.guardrails is not None
+            t.name: rule_set(t.guardrails, moderate_of)
+            for t in config.auth.tenants
+            if t.guardrails is not None
         },
     )

@@ -47,7 +47,7 @@ class Released:
 
     text: str = ""
     blocked_by: str | None = None  # the label of the detector that blocked, once
-    findings: list[tuple[str, Action]] = field(default_factory=list)  # (label, action)
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (label, action)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from llmgateway_server.call import CallState
 from llmgateway_server.clock import Clock
-from llmgateway_server.guardrails.scanner import Scanner, scan_all_into
+from llmgateway_server.guardrails.output import OutputGuard
 from llmgateway_server.metering import total
 from llmgateway_server.pipeline.outcome import classify_outcome
 from llmgateway_server.routing import Router
@@ -72,7 +72,7 @@ class Pipeline:
                 async for item in items:
                     if isinstance(item, UpstreamResult):
                         if guard is not None:
-                            item, tail = self._guard_result(state, guard, item, released)
+                            item, tail = await self._guard_result(state, guard, item, released)
                             if tail:
                                 yield self._delta(state, tail)
                         completion = self._complete(state, item)
@@ -86,7 +86,7 @@ class Pipeline:
                     if guard is None:
                         yield self._delta(state, item.text, item)
                         continue
-                    out = guard.feed(item.text)
+                    out = await guard.feed(item.text)
                     state.guardrail_findings.extend(
                         (label, action, "output") for label, action in out.findings
                     )
@@ -150,16 +150,19 @@ class Pipeline:
         return item if item is not None else TextDelta(text)
 
     @staticmethod
-    def _guard_result(
-        state: CallState, guard: Scanner, result: UpstreamResult, released: list[str]
+    async def _guard_result(
+        state: CallState, guard: OutputGuard, result: UpstreamResult, released: list[str]
     ) -> tuple[UpstreamResult, str]:
         """The result as the guard lets it through, and the stream's held-back tail
         (unary: the whole text goes through at once)."""
         if state.streaming:
-            out = guard.finish()
+            out = await guard.finish()
             content = "".join(released) + out.text
         else:
-            out = scan_all_into(guard, result.content)
+            out = await guard.feed(result.content)
+            rest = await guard.finish()
+            out.text += rest.text
+            out.findings += rest.findings
             content = out.text
         state.guardrail_findings.extend((label, action, "output") for label, action in out.findings)
         finish = FinishReason.CONTENT_FILTER if guard.blocked else result.finish_reason

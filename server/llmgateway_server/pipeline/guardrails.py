@@ -13,11 +13,16 @@ can still match it, and a block ends the call with finish reason CONTENT_FILTER.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from llmgateway_server.call import CallState
 from llmgateway_server.errors import ContentBlocked
+from llmgateway_server.guardrails.classifier import ClassifierFailed
+from llmgateway_server.guardrails.output import ClassifierStage, OutputGuard
 from llmgateway_server.guardrails.rules import Guardrails
-from llmgateway_server.guardrails.scanner import Scanner, scan_all
+from llmgateway_server.guardrails.scanner import scan_all
+
+log = logging.getLogger("llmgateway.guardrails")
 
 
 class GuardrailsPolicy:
@@ -27,7 +32,7 @@ class GuardrailsPolicy:
         self._guardrails = guardrails
 
     async def before(self, state: CallState) -> None:
-        """Check (and redact) the prompt; arm the output scanner."""
+        """Check (and redact) the prompt; arm the output guard."""
         rules = self._guardrails.for_call(state.route.name, state.tenant)
         if rules.input:
             request = state.request
@@ -49,8 +54,34 @@ class GuardrailsPolicy:
                 messages.append(message)
             if changed:
                 state.request = dataclasses.replace(request, messages=tuple(messages))
-        if rules.output:
-            state.output_guard = Scanner(rules.output)
+        if rules.input_classifier is not None:
+            await self._classify_prompt(state, rules.input_classifier)
+        if rules.checks_output:
+            state.output_guard = OutputGuard(rules.output, rules.output_classifier)
+
+    @staticmethod
+    async def _classify_prompt(state: CallState, stage: ClassifierStage) -> None:
+        """The classifier's verdict on the (redacted) prompt, all messages together."""
+        text = "\n".join(m.content for m in state.request.messages)
+        try:
+            verdict = await stage.classifier.classify(text)
+        except ClassifierFailed as exc:
+            state.guardrail_findings.append(("CLASSIFIER_ERROR", stage.on_error, "input"))
+            if stage.on_error == "allow":
+                log.warning("classifier failed; prompt allowed (on_error: allow): %s", exc)
+                return
+            raise ContentBlocked(
+                "the prompt could not be checked by the classifier (on_error: block)",
+                metadata={"category": "CLASSIFIER_ERROR", "direction": "input"},
+            ) from None
+        if verdict.flagged:
+            state.guardrail_findings.extend(
+                (f"CLASSIFIER:{c}", "block", "input") for c in verdict.categories
+            )
+            raise ContentBlocked(
+                "the prompt was blocked by the classifier",
+                metadata={"category": ",".join(verdict.categories), "direction": "input"},
+            )
 
     async def after(self, state: CallState) -> None:
         """Nothing to undo."""

@@ -87,6 +87,7 @@ class OpenAIProvider:
         self.name = name
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        self._moderations_url = httpx.URL(base_url.rstrip("/") + "/moderations")
         headers = [*JSON_HEADERS]
         # Kept only to make sure an error code echoing it is never shown (base.error_token).
         self._api_key = api_key.reveal() if api_key is not None else None
@@ -133,6 +134,30 @@ class OpenAIProvider:
         try:
             return _result(data, call.upstream_model)
         except (*_MALFORMED, IndexError, AttributeError) as exc:
+            raise malformed(self.name, exc) from None
+
+    async def moderate(
+        self, model: str, text: str, *, timeout_s: float
+    ) -> tuple[bool, dict[str, float]]:
+        """POST {base_url}/moderations: whether the upstream flags ``text``, and its score
+        per category. ProviderError when it fails or answers something else."""
+        data = await post_json(
+            self._client,
+            self._moderations_url,
+            {"model": model, "input": text},
+            headers=self._headers,
+            timeout_s=timeout_s,
+            provider=self.name,
+            api_key=self._api_key,
+        )
+        try:
+            result = data["results"][0]
+            scores = {
+                str(category): float(score)
+                for category, score in (result.get("category_scores") or {}).items()
+            }
+            return bool(result.get("flagged")), scores
+        except (*_MALFORMED, IndexError, AttributeError, ValueError) as exc:
             raise malformed(self.name, exc) from None
 
     async def stream(self, call: UpstreamCall) -> AsyncGenerator[StreamItem, None]:
