@@ -796,6 +796,15 @@ class FakeUpstream:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
+        if path == "/_control/state" and request.method == "GET":
+            # For tests in other languages (clients/conformance): what the upstream saw.
+            return web.json_response(
+                {
+                    "requests": self._total_requests,
+                    "disconnects": self.disconnects,
+                    "open_connections": self.open_connections,
+                }
+            )
         api: Api | None
         if path in _OPENAI_PATHS:
             api = "openai"
