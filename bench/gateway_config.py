@@ -1,9 +1,12 @@
 """The gateway's benchmark configuration: every policy on, one route per fake upstream.
 
-Auth (a tenant keyed by an environment variable), the usage ledger, context-window
-counting (tiktoken cl100k_base, exact; the estimator in one memory row) and trimming, the
-cost guard (``max_cost_usd``) and the router with its retries and circuit breaker all run
-on every call; only the knobs under test change (HTTP transport, event loop, log level).
+Auth (a tenant keyed by an environment variable), the usage ledger, budget reservations
+and rate-limit buckets in a SQLite file (``storage.url``; the tenant's budget and rate
+limits are on and never reached), context-window counting (tiktoken cl100k_base, exact;
+the estimator in one memory row) and trimming, the cost guard (``max_cost_usd``) and the
+router with its retries and circuit breaker all run on every call; only the knobs under
+test change (HTTP transport, event loop, log level, and the default PII detectors as
+guardrails on every route).
 """
 
 from __future__ import annotations
@@ -33,16 +36,30 @@ class Variant:
     # versions in the same run, when the host's speed makes runs on different days
     # incomparable); "" for the working tree.
     baseline: str = ""
+    # The default PII detectors (DEFAULT_DETECTORS) as the guardrails of every route.
+    guardrails: bool = False
 
     @property
     def name(self) -> str:
         """Short name, e.g. ``gateway-h1-asyncio`` (``+logs`` when logging,
-        ``+estimator`` when prompts are estimated instead of tokenized, ``@rev`` for a
-        baseline revision)."""
+        ``+estimator`` when prompts are estimated instead of tokenized, ``+guardrails``
+        with the default PII detectors, ``@rev`` for a baseline revision)."""
         logs = "+logs" if self.log_level == "info" or self.access_log else ""
         estimator = "+estimator" if self.tokenizer == "estimate" else ""
+        guardrails = "+guardrails" if self.guardrails else ""
         at = f"@{self.baseline}" if self.baseline else ""
-        return f"gateway-{self.transport}-{self.loop}{logs}{estimator}{at}"
+        return f"gateway-{self.transport}-{self.loop}{logs}{estimator}{guardrails}{at}"
+
+
+# The default PII detectors: redact e-mail addresses, US phone numbers and IBANs, block
+# payment card numbers and secrets (API-key shapes), in the prompt and in the answer.
+DEFAULT_DETECTORS: tuple[dict[str, str], ...] = (
+    {"kind": "email", "action": "redact"},
+    {"kind": "phone", "action": "redact", "region": "US"},
+    {"kind": "card", "action": "block"},
+    {"kind": "iban", "action": "redact"},
+    {"kind": "secret", "action": "block"},
+)
 
 
 # On, so every call takes the rate limits and reserves against the budgets; far above
@@ -87,6 +104,8 @@ def gateway_config(
             },
         }
         routes[route] = {"targets": [f"t-{route}"]}
+        if variant.guardrails:
+            routes[route]["guardrails"] = {"detectors": [dict(d) for d in DEFAULT_DETECTORS]}
     return {
         "server": {
             "http_transport": variant.transport,

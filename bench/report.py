@@ -10,6 +10,66 @@ from aggregate import Points
 from md import fmt, table
 from target_checks import targets
 
+# What each state store's benchmark measures (bench/run.py's state-stores phase).
+STATE_STORES = {
+    "bench_sqlite_budgets.py": (
+        "Budgets and rate limits on SQLite, the store the benchmark gateway uses: one "
+        "uvloop process on a fresh file takes from a tenant's rate-limit buckets, reserves "
+        "against a tenant and a key scope (day and month limits) and settles, one call at a "
+        "time and many at once (group commit), CPU being the process's over the calls."
+    ),
+    "bench_redis_budgets.py": (
+        "The same take + reserve + settle against a real redis-server on 127.0.0.1 "
+        "(`storage.budgets_url`, budgets shared by replicas), without persistence and with "
+        "AOF fsynced on every write, client CPU being this process's and Redis CPU the "
+        "server's (INFO cpu), per call."
+    ),
+    "bench_ledger.py": (
+        "Usage-ledger rows/s into SQLite (one realistic record per call, as the gateway "
+        "writes it) with the writers per process, processes sharing the file and "
+        "`synchronous` modes of each row (NORMAL: durable against a killed process; FULL: "
+        "also against power loss), latency being one `write` as its caller awaits it."
+    ),
+    "bench_postgres_ledger.py": (
+        "Usage-ledger rows/s into a real PostgreSQL (initdb + pg_ctl on 127.0.0.1, fsync "
+        "on) through the SQLite outbox on disk: written = `write` returned (the record "
+        "durable in the outbox), delivered = rows in PostgreSQL over the time until the "
+        "outbox was empty."
+    ),
+}
+
+
+def state_stores(results: dict[str, Any]) -> list[str]:
+    """The section on the state stores' own benchmarks: each one's table, verbatim."""
+    outputs: dict[str, str] = results.get("state_stores") or {}
+    if not outputs:
+        return []
+    commands = {
+        c.split()[0].removeprefix("bench/"): c for c in results.get("state_store_commands", [])
+    }
+    lines = [
+        "## State stores (budgets, rate limits, ledger)",
+        "",
+        "The stores' own benchmarks, run by bench/run.py after the phases above, outside the "
+        "gateway (each script's table as it printed it; a call of the gateway takes, "
+        "reserves, settles and writes one ledger row).",
+        "",
+    ]
+    for script, output in outputs.items():
+        lines += [f"### {script}", "", STATE_STORES.get(script, "")]
+        if script in commands:
+            lines[-1] += f" Run as `{commands[script]}`."
+        lines.append("")
+        if output.startswith("not run:"):
+            lines += [output, ""]
+            continue
+        text = [x.strip() for x in output.splitlines() if x.strip()]
+        notes = [x for x in text if not x.startswith("|")]
+        if notes:
+            lines += [" ".join(notes), ""]
+        lines += [*(x for x in text if x.startswith("|")), ""]
+    return lines
+
 
 def render(results: dict[str, Any]) -> str:
     """The whole RESULTS.md."""
@@ -38,6 +98,9 @@ def render(results: dict[str, Any]) -> str:
         ["target", "measured", "limit", "verdict", "detail"],
         (t.row() for t in targets(points, results)),
     )
+    comparison = table_rows.ab(points)
+    if comparison:
+        lines += [comparison, ""]
     lines += [table_rows.headroom(points), ""]
     lines += [
         "## Unary",
@@ -127,10 +190,11 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             "## Logging",
             "",
-            "The usage ledger writes one JSON line per call on `llmgateway.usage` at INFO. "
-            "Every other table uses `log_level: warning` and `access_log: false`: the usage "
-            "record is still built for every call, but not formatted or written. This table "
-            "adds the cost of writing both lines (stderr to a file).",
+            "The usage ledger is a row per call in the gateway's SQLite file whatever the log "
+            "level; logging adds one JSON access line per call on `llmgateway.access` at "
+            "INFO. Every other table uses `log_level: warning` and `access_log: false` (no "
+            "line per call); this table adds the cost of formatting and writing the access "
+            "line (stderr to a file).",
             "",
         ]
         lines += table(
@@ -204,6 +268,7 @@ def render(results: dict[str, Any]) -> str:
             *http_client_cpu.table(clients),
             "",
         ]
+    lines += state_stores(results)
     lines += [
         "## Method",
         "",
@@ -228,9 +293,16 @@ def render(results: dict[str, Any]) -> str:
         "the gateway sends. Its own CPU per call is in the tables (`loadgen`).",
         "- Bare relay (`bench/bare_relay.py`): grpc.aio, one shared aiohttp session, builds "
         "the same Completion (text, finish reason, usage), asyncio; nothing else.",
-        "- Gateway: `python -m llmgateway_server run` with auth (tenant key), usage ledger, "
-        "context-window counting (tiktoken cl100k_base) and trimming, cost guard, router "
-        "with retries and circuit breaker; configs in `bench/out/configs/`.",
+        "- Gateway: `python -m llmgateway_server run` with auth (tenant key); the usage "
+        "ledger, budget reservations and rate-limit buckets in a SQLite file (`storage.url`, "
+        "a fresh file per gateway process) with a tenant budget ($1,000,000 and 10^12 "
+        "tokens a day) and rate limits (10^7 requests and 10^12 tokens a minute) that are "
+        "never reached, so every call takes from the buckets, reserves, settles and writes "
+        "its ledger row; context-window counting (tiktoken cl100k_base) and trimming, cost "
+        "guard, router with retries and circuit breaker; `+guardrails`: the same with the "
+        "default PII detectors (e-mail, US phone and IBAN redacted; cards and secrets "
+        "blocked) on every route; a baseline revision (`@rev`) runs without budgets, rate "
+        "limits and storage, which it may predate; configs in `bench/out/configs/`.",
         "- Memory in MB = 10^6 bytes (VmRSS KiB × 1024).",
         "",
     ]

@@ -5,9 +5,11 @@ gateway process per variant (HTTP transport x event loop, and the default with l
 on), all at once. For each measurement point one load-generator process
 (bench/load.py alternate) drives direct, the relay and the gateways in turn, in short
 slices, cycle after cycle, so that every system sees the same seconds of this shared
-machine. Then 1,000 open streams against fresh processes (resident memory), and
-bench/bench_context.py (counting and trimming 10,000 messages). Writes bench/RESULTS.md,
-and bench/out/results.json (raw), bench/out/logs/ and bench/out/configs/.
+machine. Then 1,000 open streams against fresh processes (resident memory),
+bench/bench_context.py (counting and trimming 10,000 messages), the upstream HTTP
+clients, and the state stores' own benchmarks (budgets and rate limits on SQLite and
+Redis, the usage ledger on SQLite and PostgreSQL). Writes bench/RESULTS.md, and
+bench/out/results.json (raw), bench/out/logs/ and bench/out/configs/.
 
     .venv/bin/python bench/run.py [--cycles 8] [--slice 0.8] [--streams 1000] [--quick]
 """
@@ -44,6 +46,7 @@ VARIANTS = (
     DEFAULT,
     Variant(loop="asyncio"),
     Variant(log_level="info", access_log=True),
+    Variant(guardrails=True),  # the default PII detectors on every route
 )
 # Memory only: prompts estimated, so tiktoken's cl100k_base tables are never loaded.
 ESTIMATOR = Variant(tokenizer="estimate")
@@ -248,6 +251,66 @@ def context_phase(children: Children) -> dict[str, Any]:
     return {"output": done.stdout, "counters": counters}
 
 
+# The state stores' benchmarks (each prints a Markdown table), and their arguments in a
+# full run and in --quick; the whole phase stays under ~90 s (~40 s here).
+STATE_STORES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "bench_sqlite_budgets.py",
+        ("--calls", "2000", "--concurrency", "1", "64"),
+        ("--calls", "500", "--concurrency", "1", "64"),
+    ),
+    (
+        "bench_redis_budgets.py",
+        ("--calls", "2000", "--concurrency", "1", "64", "--take"),
+        ("--calls", "300", "--concurrency", "1", "64", "--take"),
+    ),
+    (
+        "bench_ledger.py",
+        (
+            *("--seconds", "2", "--writers", "1", "64", "--processes", "1", "4"),
+            *("--synchronous", "NORMAL", "FULL"),
+        ),
+        (
+            *("--seconds", "0.5", "--writers", "1", "64", "--processes", "1"),
+            *("--synchronous", "NORMAL", "FULL"),
+        ),
+    ),
+    ("bench_postgres_ledger.py", ("--seconds", "2"), ("--seconds", "0.5")),
+)
+STATE_STORE_TIMEOUT_S = 180
+
+
+def state_stores_phase(children: Children, *, quick: bool) -> tuple[dict[str, str], list[str]]:
+    """Each state store's benchmark: script name -> its output, or ``not run: <why>``
+    when it failed (redis-server, or PostgreSQL's initdb/pg_ctl, missing); and the
+    command lines run."""
+    outputs: dict[str, str] = {}
+    commands: list[str] = []
+    for script, full, short in STATE_STORES:
+        args = short if quick else full
+        commands.append(" ".join(["bench/" + script, *args]))
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [PY, str(BENCH / script), *args],
+                cwd=REPO,
+                env=children.env,
+                capture_output=True,
+                text=True,
+                timeout=STATE_STORE_TIMEOUT_S,
+                check=True,
+            )
+            outputs[script] = done.stdout
+        except subprocess.CalledProcessError as exc:
+            lines = [line for line in (exc.stderr or "").splitlines() if line.strip()]
+            outputs[script] = "not run: " + (lines[-1] if lines else f"exit {exc.returncode}")
+        except subprocess.TimeoutExpired:
+            outputs[script] = f"not run: timed out after {STATE_STORE_TIMEOUT_S} s"
+        failed = outputs[script] if outputs[script].startswith("not run:") else "done"
+        print(f"  {commands[-1]}: {failed} in {time.monotonic() - started:.1f} s", flush=True)
+    return outputs, commands
+
+
 def merge_context(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several runs of bench_context.py, spread over the benchmark: the best of each row
     (the code's cost when the host gave it a full-speed core), and every run."""
@@ -287,6 +350,7 @@ def main() -> None:
         "settings": {
             **asdict(settings),
             "stream_chunks": workload.STREAM_CHUNKS,
+            "stream_text_chars": len(workload.ANSWER_TEXT),
             "stream_chunk_delay_ms": STREAM_CHUNK_DELAY_MS,
             "slow_upstream_ms": UNARY_SLOW_LATENCY_MS,
             "command": "make bench  (" + " ".join(["bench/run.py", *sys.argv[1:]]) + ")",
@@ -310,6 +374,10 @@ def main() -> None:
         print("upstream HTTP clients: bench/http_client_cpu.py", flush=True)
         results["http_clients"] = http_client_cpu.compare(
             children, requests=1000 if args.quick else 5000, rounds=1 if args.quick else 5
+        )
+        print("state stores: budgets, rate limits and the usage ledger", flush=True)
+        results["state_stores"], results["state_store_commands"] = state_stores_phase(
+            children, quick=args.quick
         )
         results["context"] = merge_context(contexts)
         results["calibration_after"] = machine.calibrate()

@@ -8,6 +8,7 @@ from typing import Any
 
 from aggregate import Points, cpu, kept_slices, latency, minus, rate, rate_ratio
 from md import DEFAULT, LOGGED, MB, fmt
+from target_checks import added as added_by
 from target_checks import errors_cell, pooled_added, rate_cell
 
 
@@ -107,7 +108,7 @@ def fastest(points: Points) -> str:
             (ms, system)
             for system in points.systems
             if system.startswith("gateway-")
-            and not system.endswith("+logs")
+            and not system.endswith(("+logs", "+guardrails"))
             and (ms := cpu(points.get(system, mode, route, 64))) is not None
         )
         if ranked:
@@ -118,6 +119,32 @@ def fastest(points: Points) -> str:
                 f"**{best.removeprefix('gateway-')}** ({ms:.3f} ms; {others})."
             )
     return "\n".join(lines)
+
+
+def ab(points: Points) -> str:
+    """The default gateway against each baseline revision (``...@rev``) of the same run."""
+    one, unary = ("unary", "u0", 1), ("unary", "u50", 64)
+    parts = []
+    for base in points.systems:
+        if "@" not in base:
+            continue
+        rev = base.partition("@")[2]
+        mine, theirs = (pooled_added(points, s, one, "latency_ms", "p50") for s in (DEFAULT, base))
+        per_cycle = points.paired(DEFAULT, base, one, added_by("latency_ms", "p50"))
+        cpus = [cpu(points.get(s, *unary)) for s in (DEFAULT, base)]
+        ratio = None if cpus[0] is None or not cpus[1] else cpus[0] / cpus[1]
+        spread = (
+            "; per cycle " + ", ".join(fmt(v, 3) for v in per_cycle) if len(per_cycle) > 1 else ""
+        )
+        parts.append(
+            f"A/B against {rev} (its default gateway, `{base}`, in this same run): added "
+            f"latency p50, 1 in flight, 0 ms upstream, this tree − {rev}: "
+            f"{fmt(minus(mine, theirs), 3)} ms ({fmt(mine, 3)} vs {fmt(theirs, 3)} ms over "
+            f"direct{spread}). Unary server CPU at 64 in flight, 50 ms upstream: "
+            f"{fmt(cpus[0], 3)} ms per call here, {fmt(cpus[1], 3)} ms for {rev} "
+            f"({fmt(ratio)}×)."
+        )
+    return "\n\n".join(parts)
 
 
 def noise(results: dict[str, Any]) -> str:
@@ -229,8 +256,8 @@ def memory_rows(memory: dict[str, Any]) -> list[list[str]]:
 def logging_rows(points: Points) -> list[list[str]]:
     rows = []
     for system, label in (
-        (DEFAULT, "warning, no access log (usage record built, not printed)"),
-        (LOGGED, "info + access log (usage and access lines written)"),
+        (DEFAULT, "warning, no access log (no line per call)"),
+        (LOGGED, "info + access log (one access line per call written)"),
     ):
         u = points.get(system, "unary", "u50", 64)
         if u is None:

@@ -6,8 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import workload
 from aggregate import Points, Row, cpu, kept_slices, latency, minus, rate, rate_ratio
+from gateway_config import DEFAULT_DETECTORS, Variant
 from md import CONTEXT_COUNTER, DEFAULT, MB, fmt
+
+GUARDED = Variant(guardrails=True).name  # the default gateway with the default PII detectors
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,46 @@ def _added_target(
     )
 
 
+def guardrails_targets(points: Points, settings: dict[str, Any]) -> list[Target]:
+    """What the default PII detectors cost, against the default gateway in the same run."""
+    first, unary = ("stream", "u0", 1), ("unary", "u50", 64)
+    if points.get(GUARDED, *first) is None and points.get(GUARDED, *unary) is None:
+        return []
+    kinds = ", ".join(f"{d['kind']} ({d['action']})" for d in DEFAULT_DETECTORS)
+    ttft = [latency(points.get(s, *first), "ttft_ms", "p50") for s in (GUARDED, DEFAULT)]
+    stream_cpu = [cpu(points.get(s, *first)) for s in (GUARDED, DEFAULT)]
+    chars = settings.get("stream_text_chars", len(workload.ANSWER_TEXT))
+    per_ttft = points.paired(GUARDED, DEFAULT, first, added("ttft_ms", "p50"))
+    g, d = points.get(GUARDED, *unary), points.get(DEFAULT, *unary)
+    per_rate = points.paired(GUARDED, DEFAULT, unary, rate_ratio)
+    return [
+        Target(
+            "added time to first token p50 with the default PII detectors, 1 in flight "
+            "(guardrails − without)",
+            minus(*ttft),
+            0.3,
+            False,
+            " ms",
+            f"TTFT p50 {fmt(ttft[0], 3)} vs {fmt(ttft[1], 3)} ms; server CPU "
+            f"{fmt(stream_cpu[0], 2)} vs {fmt(stream_cpu[1], 2)} ms per stream; detectors "
+            f"{kinds} on prompt and answer; measured on the stream workload: "
+            f"{settings.get('stream_chunks', 'n/a')} chunks, {chars} characters of text "
+            f"({len(workload.ANSWER_TEXT.split())} words), "
+            f"{settings.get('stream_chunk_delay_ms', 'n/a')} ms apart{_cycles(per_ttft, 3)}",
+        ),
+        Target(
+            "unary, 64 in flight, 50 ms upstream: with guardrails / without",
+            rate_ratio(g, d),
+            0.9,
+            True,
+            "×",
+            f"{fmt(rate(g), 0)} vs {fmt(rate(d), 0)} req/s; server CPU {fmt(cpu(g), 3)} vs "
+            f"{fmt(cpu(d), 3)} ms per call (prompt and the {chars}-character answer "
+            f"scanned){_cycles(per_rate)}",
+        ),
+    ]
+
+
 def targets(points: Points, results: dict[str, Any]) -> list[Target]:
     """The issue's targets, from this run."""
     out = [
@@ -149,6 +193,7 @@ def targets(points: Points, results: dict[str, Any]) -> list[Target]:
             1.5,
         ),
     ]
+    out += guardrails_targets(points, results.get("settings", {}))
     memory = results.get("memory", {}).get(DEFAULT)
     if memory:
         rss = memory["during"]["server"]["VmRSS"] * 1024 / MB

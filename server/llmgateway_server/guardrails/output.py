@@ -90,7 +90,7 @@ class OutputGuard:
 
     async def _release_sentences(self, out: Released) -> Released:
         while not self._blocked:
-            end = _SENTENCE_END.search(self._pending)
+            end = _SENTENCE_END.search(self._pending, concurrent=False)  # keep the GIL
             if end is None:
                 break
             sentence, self._pending = self._pending[: end.end()], self._pending[end.end() :]

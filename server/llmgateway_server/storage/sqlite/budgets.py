@@ -352,19 +352,23 @@ def _admit(
     now: float,
     conn: sqlite3.Connection,
 ) -> Refusal | None:
+    # Every check first (reads), then every write: a refusal changes nothing, and no
+    # savepoint is needed (one costs two statements, a fifth of the operation).
     requests, tokens, rate_now = take
-    if limits.requests_per_minute is None and limits.tokens_per_minute is None:
-        return _reserve(r, now, conn)
-    # A savepoint of its own: the take is undone when the reservation is refused (the
-    # writer undoes the whole operation, take included, when it raises).
-    conn.execute("SAVEPOINT admit")
-    refusal = _take(r.tenant, limits, requests, tokens, rate_now, conn)
-    if refusal is None:
-        refusal = _reserve(r, now, conn)
-        if refusal is not None:
-            conn.execute("ROLLBACK TO admit")
-    conn.execute("RELEASE admit")
-    return refusal
+    _refuse_replay(r.request_id, conn)
+    plan: list[_BucketRow] = []
+    if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
+        planned = _plan_take(r.tenant, limits, requests, tokens, rate_now, conn)
+        if isinstance(planned, Refusal):
+            return planned
+        plan = planned
+    refusal = _first_refusal(r.scopes, r.periods, r, now, conn)
+    if refusal is not None:
+        return refusal
+    if plan:
+        _apply_take(plan, conn)
+    _record(r, now, conn)
+    return None
 
 
 def _hold(r: Reservation, now: float, conn: sqlite3.Connection) -> None:
@@ -453,13 +457,22 @@ def _finish(
     now: float,
     conn: sqlite3.Connection,
 ) -> None:
-    row = conn.execute(
-        f"SELECT {_HELD_COLUMNS} FROM budget_reservations "
-        "WHERE request_id = ? AND tenant = ? AND state = 'held'",
-        (request_id, tenant),
-    ).fetchone()
-    if row is not None:
-        _charge(conn, _reservation(row), charged, state, now)
+    # One statement marks it finished and returns what it held (nothing: not held).
+    rows = conn.execute(
+        "UPDATE budget_reservations SET state = ?, charged_nano_usd = ?, charged_tokens = ?, "
+        "finished_at_unix_s = ? WHERE request_id = ? AND tenant = ? AND state = 'held' "
+        f"RETURNING {_HELD_COLUMNS}",
+        (state, charged[0], charged[1], now, request_id, tenant),
+    ).fetchall()
+    for row in rows:
+        r = _reservation(row)
+        _add(
+            conn,
+            [(s.kind, s.id) for s in r.scopes],
+            (("day", r.periods.day), ("month", r.periods.month)),
+            spent=charged,
+            reserved=(-r.nano_usd, -r.tokens),
+        )
 
 
 def _expire(now: float, conn: sqlite3.Connection) -> list[Reservation]:
@@ -492,12 +505,31 @@ def _take(
     now: float,
     conn: sqlite3.Connection,
 ) -> Refusal | None:
+    plan = _plan_take(tenant, limits, requests, tokens, now, conn)
+    if isinstance(plan, Refusal):
+        return plan
+    _apply_take(plan, conn)
+    return None
+
+
+_BucketRow = tuple[str, str, float, float]  # tenant, dimension, level, updated_at
+
+
+def _plan_take(
+    tenant: str,
+    limits: RateLimits,
+    requests: int,
+    tokens: int,
+    now: float,
+    conn: sqlite3.Connection,
+) -> Refusal | list[_BucketRow]:
+    """The buckets' new levels if the take fits them all, else the refusal (a read)."""
     buckets: list[tuple[Literal["requests", "tokens"], int, int]] = []
     if limits.requests_per_minute is not None:
         buckets.append(("requests", limits.requests_per_minute, requests))
     if limits.tokens_per_minute is not None:
         buckets.append(("tokens", limits.tokens_per_minute, tokens))
-    levels: list[float] = []
+    rows: list[_BucketRow] = []
     stored = {
         row[0]: (row[1], row[2])
         for row in conn.execute(
@@ -527,14 +559,14 @@ def _take(
                 used=math.ceil(lacking),
                 retry_after_s=lacking / rate if rate > 0 else _SECONDS_PER_MINUTE,
             )
-        levels.append(level)
+        rows.append((tenant, dimension, level - amount, now))
+    return rows
+
+
+def _apply_take(rows: list[_BucketRow], conn: sqlite3.Connection) -> None:
     conn.executemany(
         "INSERT INTO rate_buckets (tenant, dimension, level, updated_at_unix_s) "
         "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
         "level = excluded.level, updated_at_unix_s = excluded.updated_at_unix_s",
-        [
-            (tenant, dimension, level - amount, now)
-            for (dimension, _, amount), level in zip(buckets, levels, strict=True)
-        ],
+        rows,
     )
-    return None
