@@ -51,7 +51,7 @@ typecheck: $(VENV)/.installed
 
 ## clients: the Go and TypeScript clients (drift of their generated code, vet/tsc, their
 ## tests and the shared conformance suite against the real gateway)
-clients: clients-go
+clients: clients-go clients-ts
 
 clients-go: $(VENV)/.installed $(BUF)
 	bash scripts/test_go.sh
