@@ -15,6 +15,7 @@ Built-in kinds: ``email``, ``phone``, ``card``, ``iban``, ``secret``; configured
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,9 @@ class Detector:
     # A candidate the validator refuses is tried again shorter, ending at each earlier
     # digit before a separator (a phone number followed by more numbers).
     shrink: bool = False
+    # What every match contains (a cheap test, the stdlib's re, which skips the pattern
+    # for text without it: most prose has no "@" and no digit).
+    hint: re.Pattern[str] | None = None
 
     @property
     def placeholder(self) -> str:
@@ -121,30 +125,43 @@ _PHONE = r"(?<![0-9A-Za-z+])\+?[0-9(][0-9 ().-]{5,20}[0-9](?![0-9A-Za-z])"
 _PHONE_MAX = 1 + 1 + 20 + 1
 
 
+_DIGIT = re.compile("[0-9]")
+
+
 def email() -> Detector:
     """E-mail addresses."""
-    return Detector("EMAIL", regex.compile(_EMAIL), _EMAIL_MAX)
+    return Detector("EMAIL", regex.compile(_EMAIL), _EMAIL_MAX, hint=re.compile("@"))
 
 
 def card() -> Detector:
     """Payment card numbers (Luhn-valid)."""
-    return Detector("CARD", regex.compile(_CARD), _CARD_MAX, validate=luhn_valid)
+    return Detector("CARD", regex.compile(_CARD), _CARD_MAX, validate=luhn_valid, hint=_DIGIT)
 
 
 def iban() -> Detector:
     """International bank account numbers (mod-97 valid)."""
-    return Detector("IBAN", regex.compile(_IBAN), _IBAN_MAX, validate=iban_valid)
+    return Detector("IBAN", regex.compile(_IBAN), _IBAN_MAX, validate=iban_valid, hint=_DIGIT)
 
 
 def secret() -> Detector:
     """API keys and private-key headers."""
-    return Detector("SECRET", regex.compile(_SECRET), _SECRET_MAX)
+    return Detector(
+        "SECRET",
+        regex.compile(_SECRET),
+        _SECRET_MAX,
+        hint=re.compile("sk-|AKIA|gh[pousr]_|-----BEGIN"),
+    )
 
 
 def phone(region: str) -> Detector:
     """Phone numbers valid in ``region`` (or international)."""
     return Detector(
-        "PHONE", regex.compile(_PHONE), _PHONE_MAX, validate=phone_validator(region), shrink=True
+        "PHONE",
+        regex.compile(_PHONE),
+        _PHONE_MAX,
+        validate=phone_validator(region),
+        shrink=True,
+        hint=_DIGIT,
     )
 
 

@@ -76,6 +76,29 @@ class OutputGuard:
             return await self._release_sentences(out)
         return out
 
+    async def complete(self, text: str) -> Released:
+        """The whole output at once (a unary answer): the same verdicts as feeding it
+        and finishing, in one pass of the detectors."""
+        if self._blocked:
+            return Released()
+        out = self._scanner.complete(text)
+        self._blocked = self._scanner.blocked
+        if self._stage is None:
+            return out
+        self._pending += out.text
+        out.text = ""
+        if self._blocked:
+            return await self._classify_pending(out)
+        if self._stage.release == "sentence":
+            out = await self._release_sentences(out)
+            if self.blocked:  # a flagged sentence
+                return out
+        released = out.text
+        out.text = ""
+        rest = await self._classify_pending(out)
+        rest.text = released + rest.text
+        return rest
+
     async def finish(self) -> Released:
         """The upstream has finished: decide and release the rest."""
         if self._blocked:

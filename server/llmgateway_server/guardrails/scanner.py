@@ -84,6 +84,14 @@ class Scanner:
             return Released()
         return self._scan(final=True)
 
+    def complete(self, text: str) -> Released:
+        """Add ``text`` as the rest of the text and decide everything at once: what
+        ``feed(text)`` then ``finish()`` release, in one pass (the unary path)."""
+        if self._blocked is not None:
+            return Released()
+        self._text += text
+        return self._scan(final=True)
+
     def _scan(self, *, final: bool) -> Released:
         out = Released()
         parts: list[str] = []
@@ -137,6 +145,13 @@ class Scanner:
         it could still match once more text comes (an int); or None."""
         detector = rule.detector
         start = pos
+        hint = detector.hint
+        if hint is not None and hint.search(text, pos) is None:
+            # No match can be complete in this text. One may still be growing at its
+            # end: it would start within the last max_length characters.
+            if final:
+                return None
+            start = max(pos, len(text) - detector.max_length - detector.lookahead)
         while start <= len(text):
             # concurrent=False: keep the GIL. The regex module releases it around every
             # match on a str by default, and getting it back from another thread that
@@ -184,10 +199,4 @@ def scan_all(rules: Sequence[Rule], text: str) -> Released:
 
 def scan_all_into(scanner: Scanner, text: str) -> Released:
     """``text`` as the whole of what ``scanner`` sees."""
-    first = scanner.feed(text)
-    rest = scanner.finish()
-    return Released(
-        text=first.text + rest.text,
-        blocked_by=first.blocked_by or rest.blocked_by,
-        findings=first.findings + rest.findings,
-    )
+    return scanner.complete(text)

@@ -159,10 +159,7 @@ class Pipeline:
             out = await guard.finish()
             content = "".join(released) + out.text
         else:
-            out = await guard.feed(result.content)
-            rest = await guard.finish()
-            out.text += rest.text
-            out.findings += rest.findings
+            out = await guard.complete(result.content)
             content = out.text
         state.guardrail_findings.extend((label, action, "output") for label, action in out.findings)
         finish = FinishReason.CONTENT_FILTER if guard.blocked else result.finish_reason
