@@ -6,6 +6,7 @@ the same harness fails it (the harness sees split entities)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -243,3 +244,15 @@ def test_a_per_chunk_checker_fails_the_same_harness() -> None:
 
     with pytest.raises(AssertionError):
         harness()
+
+
+@_FAST
+@given(texts(max_parts=8), st.integers(0, 2**32))
+def test_the_detectors_hints_change_no_result(sample: tuple[str, list[str]], seed: int) -> None:
+    """A hint only skips patterns that cannot match: without the hints, the same output."""
+    unhinted = [Rule(dataclasses.replace(r.detector, hint=None), r.action) for r in REDACT]
+    text, _ = sample
+    rng = random.Random(seed)
+    pieces = cut(text, [rng.randrange(len(text) + 1) for _ in range(4)])
+    assert scan_all(unhinted, text).text == scan_all(REDACT, text).text
+    assert streamed(unhinted, pieces) == streamed(REDACT, pieces)
