@@ -63,7 +63,24 @@ class OutputGuard:
         """Add ``piece``; what may be released now."""
         if self._blocked:
             return Released()
-        out = self._scanner.feed(piece)
+        return await self._pass(self._scanner.feed(piece), last=False)
+
+    async def complete(self, text: str) -> Released:
+        """The whole output at once (a unary answer): the same verdicts as feeding it
+        and finishing, in one pass of the detectors."""
+        if self._blocked:
+            return Released()
+        return await self._pass(self._scanner.complete(text), last=True)
+
+    async def finish(self) -> Released:
+        """The upstream has finished: decide and release the rest."""
+        if self._blocked:
+            return Released()
+        return await self._pass(self._scanner.finish(), last=True)
+
+    async def _pass(self, out: Released, *, last: bool) -> Released:
+        """What the classifier stage lets through of what the detectors released
+        (``last``: the output is complete, nothing more will come)."""
         self._blocked = self._scanner.blocked
         if self._stage is None:
             return out
@@ -73,43 +90,15 @@ class OutputGuard:
             # What came before the blocked entity is checked like the rest.
             return await self._classify_pending(out)
         if self._stage.release == "sentence":
-            return await self._release_sentences(out)
-        return out
-
-    async def complete(self, text: str) -> Released:
-        """The whole output at once (a unary answer): the same verdicts as feeding it
-        and finishing, in one pass of the detectors."""
-        if self._blocked:
-            return Released()
-        out = self._scanner.complete(text)
-        self._blocked = self._scanner.blocked
-        if self._stage is None:
-            return out
-        self._pending += out.text
-        out.text = ""
-        if self._blocked:
-            return await self._classify_pending(out)
-        if self._stage.release == "sentence":
             out = await self._release_sentences(out)
             if self.blocked:  # a flagged sentence
                 return out
-        released = out.text
-        out.text = ""
-        rest = await self._classify_pending(out)
-        rest.text = released + rest.text
-        return rest
-
-    async def finish(self) -> Released:
-        """The upstream has finished: decide and release the rest."""
-        if self._blocked:
-            return Released()
-        out = self._scanner.finish()
-        self._blocked = self._scanner.blocked
-        if self._stage is None:
+        if not last:
             return out
-        self._pending += out.text
-        out.text = ""
-        return await self._classify_pending(out)
+        released, out.text = out.text, ""
+        out = await self._classify_pending(out)
+        out.text = released + out.text
+        return out
 
     async def _release_sentences(self, out: Released) -> Released:
         while not self._blocked:
