@@ -123,6 +123,10 @@ class Pipeline:
 
     @staticmethod
     async def _afters(started: list[Policy], state: CallState) -> None:
+        # Policies whose after does nothing say so (``has_after = False``).
+        started = [p for p in started if getattr(p, "has_after", True)]
+        if not started:
+            return
         # Concurrently: each reads the finished call's state and none depends on another's
         # (the budget settles the figures the ledger records), and a store with group
         # commit (SQLite's writer) then takes the settle and the usage record in one

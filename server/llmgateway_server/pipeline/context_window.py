@@ -13,6 +13,7 @@ tokenized, so a 10,000-message conversation costs about what fits in the window.
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from llmgateway_server.call import CallState, Prompt
 from llmgateway_server.errors import ContextWindowExceeded
@@ -73,6 +74,9 @@ class ContextWindowPolicy:
                 max_tokens=state.max_tokens,
                 context_window=max(t.context_window for t in state.route.targets),
             )
+
+    # The pipeline skips an ``after`` that does nothing (no task per call for it).
+    has_after: ClassVar[bool] = False
 
     async def after(self, state: CallState) -> None:
         """Nothing to undo."""

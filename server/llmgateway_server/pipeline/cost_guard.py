@@ -7,6 +7,7 @@ most expensive target the chain may try (targets the prompt cannot fit are exclu
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from llmgateway_server.call import CallState
 from llmgateway_server.errors import CostLimitExceeded, QuotaViolation
@@ -62,6 +63,9 @@ class CostGuardPolicy:
                 tokens = prompt.input_tokens if exact else prompt.token_bound
                 worst = max(worst, worst_case_nano(tokens, state.max_tokens, target.price))
         return worst
+
+    # The pipeline skips an ``after`` that does nothing (no task per call for it).
+    has_after: ClassVar[bool] = False
 
     async def after(self, state: CallState) -> None:
         """Nothing to undo."""

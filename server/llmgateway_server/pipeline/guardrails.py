@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import ClassVar
 
 from llmgateway_server.call import CallState
 from llmgateway_server.errors import ContentBlocked
@@ -82,6 +83,9 @@ class GuardrailsPolicy:
                 "the prompt was blocked by the classifier",
                 metadata={"category": ",".join(verdict.categories), "direction": "input"},
             )
+
+    # The pipeline skips an ``after`` that does nothing (no task per call for it).
+    has_after: ClassVar[bool] = False
 
     async def after(self, state: CallState) -> None:
         """Nothing to undo."""
