@@ -176,7 +176,11 @@ async def open_storage(config: GatewayConfig, environ: Mapping[str, str] | None 
         # memory (redis-py, psycopg: about 20 MB resident together).
         from llmgateway_server.storage.redis_budgets import RedisBudgetStore
 
-        budgets = RedisBudgetStore.from_url(redis_url, naive_for_tests=naive_budgets_for_tests())
+        budgets = RedisBudgetStore.from_url(
+            redis_url,
+            cluster=config.storage.budgets_cluster,
+            naive_for_tests=naive_budgets_for_tests(),
+        )
     postgres_url = resolve_storage_url(config, "ledger", environ)
     if postgres_url is None:
         sqlite_ledger = SqliteLedger(db)

@@ -457,6 +457,8 @@ class StorageConfig(_Strict):
     ledger_url_env: str | None = _URL_ENV
     budgets_url: str | None = Field(default=None, pattern=r"^rediss?://")
     budgets_url_env: str | None = _URL_ENV
+    # The budgets URL names one node of a Redis Cluster (the client finds the others).
+    budgets_cluster: bool = False
 
     @model_validator(mode="after")
     def _one_source_each(self) -> StorageConfig:

@@ -121,10 +121,18 @@ class RedisServer:
     """``redis-server`` on 127.0.0.1 in ``directory`` (see the module docstring)."""
 
     def __init__(
-        self, directory: Path | str, *, cluster: bool = False, appendonly: bool = False
+        self,
+        directory: Path | str,
+        *,
+        cluster: bool = False,
+        appendonly: bool = False,
+        slots: tuple[int, int] | None = (0, 16383),
     ) -> None:
         self.directory = Path(directory)
         self.cluster = cluster
+        # In cluster mode: the slots this node serves (None: none yet, for a cluster of
+        # several nodes that ``start_cluster`` assigns and joins).
+        self.slots = slots
         self.appendonly = appendonly
         self.port = 0
         self._binary = find_binary("redis-server")
@@ -161,7 +169,7 @@ class RedisServer:
                 # Another process took the port between _free_port and the bind.
                 if not first or attempt == 4:
                     raise
-        if self.cluster:
+        if self.cluster and self.slots is not None:
             self._assign_all_slots()
 
     def _spawn(self) -> None:
@@ -210,10 +218,11 @@ class RedisServer:
             return False
 
     def _assign_all_slots(self) -> None:
+        assert self.slots is not None
         with self.client() as c:
             info = c.execute_command("CLUSTER", "INFO")
             if b"cluster_slots_assigned:16384" not in info:
-                c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", *self.slots)
 
             def ok() -> bool:
                 return b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
@@ -549,6 +558,42 @@ class PostgresServer:
         self.kill()
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_cluster(directory: Path, nodes: int = 3) -> list[RedisServer]:
+    """A Redis Cluster of ``nodes`` primaries on 127.0.0.1, the slots split evenly, joined
+    (CLUSTER MEET) and answering ``cluster_state:ok`` on every node. The caller stops
+    them."""
+    servers: list[RedisServer] = []
+    bounds = [i * 16384 // nodes for i in range(nodes + 1)]
+    try:
+        for i in range(nodes):
+            server = RedisServer(directory / f"node{i}", cluster=True, slots=None)
+            server.start()
+            servers.append(server)
+            with server.client() as c:
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
+        with servers[0].client() as c:
+            for other in servers[1:]:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", other.port)
+
+        def ok() -> bool:
+            for server in servers:
+                with server.client() as c:
+                    info = c.execute_command("CLUSTER", "INFO")
+                    if (
+                        b"cluster_state:ok" not in info
+                        or b"cluster_known_nodes:%d" % nodes not in info
+                    ):
+                        return False
+            return True
+
+        _wait_until(ok, "cluster_state:ok on every node")
+    except BaseException:
+        for server in servers:
+            server.kill()
+        raise
+    return servers
 
 
 # -- pytest fixtures -----------------------------------------------------------------------
