@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmgateway_server.config import parse_config
+from llmgateway_server.config import DetectorConfig, parse_config
+from llmgateway_server.guardrails import detectors
 from llmgateway_server.guardrails.classifier import Moderate
-from llmgateway_server.guardrails.rules import build_guardrails
+from llmgateway_server.guardrails.rules import build_guardrails, detector_of
 
 CONFIG = """
 auth:
@@ -58,3 +59,14 @@ def test_a_tenants_own_guardrails_replace_the_routes() -> None:
         assert own.output_classifier is None
     assert not rails.for_call("open", "plain").checks_input
     assert not rails.for_call("open", "plain").checks_output
+
+
+def test_a_relabelled_built_in_detector_keeps_everything_but_its_label() -> None:
+    relabelled = detector_of(DetectorConfig(kind="phone", label="TEL", region="GB"))
+    built = detectors.phone("GB")
+    assert relabelled.label == "TEL"
+    assert (relabelled.shrink, relabelled.hint, relabelled.max_length) == (
+        built.shrink,
+        built.hint,
+        built.max_length,
+    )

@@ -3,6 +3,7 @@ replaces its routes' guardrails."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -62,7 +63,7 @@ def detector_of(config: DetectorConfig) -> Detector:
             return detectors.keywords(config.label, config.words)
     if config.label is None:
         return built
-    return Detector(config.label, built.pattern, built.max_length, built.lookahead, built.validate)
+    return dataclasses.replace(built, label=config.label)
 
 
 def rule_set(config: GuardrailsConfig, moderate_of: Callable[[str], Moderate]) -> RuleSet:
