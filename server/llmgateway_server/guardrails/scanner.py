@@ -194,9 +194,4 @@ def _valid_end(detector: Detector, text: str, a: int, b: int) -> int | None:
 
 def scan_all(rules: Sequence[Rule], text: str) -> Released:
     """The whole of ``text`` at once (the unary path)."""
-    return scan_all_into(Scanner(rules), text)
-
-
-def scan_all_into(scanner: Scanner, text: str) -> Released:
-    """``text`` as the whole of what ``scanner`` sees."""
-    return scanner.complete(text)
+    return Scanner(rules).complete(text)

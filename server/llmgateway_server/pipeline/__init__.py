@@ -171,24 +171,15 @@ class Pipeline:
         return filtered, out.text if state.streaming else ""
 
     def _filtered(self, state: CallState, content: str) -> Completion:
-        """The result of a stream a guardrail blocked before the upstream finished."""
+        """The result of a stream a guardrail blocked before the upstream finished: the
+        attempt in progress served it (billed as cut), up to the blocked entity."""
         target = state.current_target
         assert target is not None, "a stream that produced text had a target"
         state.served_by = target
-        metered = total(state.attempts)
-        state.metered = metered
         call = state.current_call
-        prompt = state.current_prompt
-        return Completion(
-            content=content,
-            finish_reason=FinishReason.CONTENT_FILTER,
-            usage=metered.usage,
-            cost=metered.cost,
-            provider=target.provider_name,
-            upstream_model=call.upstream_model if call is not None else target.upstream_model,
-            attempts=tuple(state.attempts),
-            request_id=state.request_id,
-            trimmed_message_count=prompt.trimmed if prompt else 0,
+        model = call.upstream_model if call is not None else target.upstream_model
+        return self._complete(
+            state, UpstreamResult(content, FinishReason.CONTENT_FILTER, None, model)
         )
 
     def _complete(self, state: CallState, result: UpstreamResult) -> Completion:
