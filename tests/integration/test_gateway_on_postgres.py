@@ -6,36 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 from llmgateway.v1 import gateway_pb2 as pb
 
 from tests.support.configs import ENV, providers_config
 from tests.support.gateway import running_gateway, user
-from tests.support.servers import PostgresServer, ServerMissing, skip_or_fail
+from tests.support.servers import PostgresServer
 from tests.support.upstream import FakeUpstream
 
 
-@pytest.fixture
-def pg() -> Iterator[PostgresServer]:
-    """A PostgreSQL cluster for this test (a missing server fails under .ci/run)."""
-    try:
-        server = PostgresServer()
-    except ServerMissing as error:
-        skip_or_fail(error)
-        raise
-    with server:
-        yield server
-
-
-def _config(base_url: str, tmp_path: Path, pg: PostgresServer) -> str:
+def _config(base_url: str, tmp_path: Path, postgres_server: PostgresServer) -> str:
     storage = f"""
 storage:
   url: sqlite:///{tmp_path}/gateway.db
-  ledger_url: {pg.url}
+  ledger_url: {postgres_server.url}
 """
     return providers_config(base_url, extra=storage)
 
@@ -68,11 +54,13 @@ async def _complete(gw: object, text: str) -> pb.Completion:
 
 
 async def test_every_call_has_its_row_in_postgresql_with_the_figures_the_caller_saw(
-    upstream: FakeUpstream, tmp_path: Path, pg: PostgresServer
+    upstream: FakeUpstream, tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
-    async with running_gateway(_config(upstream.base_url, tmp_path, pg), env=ENV) as gw:
+    async with running_gateway(
+        _config(upstream.base_url, tmp_path, postgres_server), env=ENV
+    ) as gw:
         results = [await _complete(gw, f"Question number {i}") for i in range(3)]
-        rows = await _until_rows(pg.url, {r.request_id for r in results})
+        rows = await _until_rows(postgres_server.url, {r.request_id for r in results})
     for r in results:
         assert rows[r.request_id] == (
             r.usage.input_token_count,
@@ -82,17 +70,19 @@ async def test_every_call_has_its_row_in_postgresql_with_the_figures_the_caller_
 
 
 async def test_calls_go_on_while_postgresql_is_down_and_their_rows_arrive_once_it_is_back(
-    upstream: FakeUpstream, tmp_path: Path, pg: PostgresServer
+    upstream: FakeUpstream, tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
-    async with running_gateway(_config(upstream.base_url, tmp_path, pg), env=ENV) as gw:
+    async with running_gateway(
+        _config(upstream.base_url, tmp_path, postgres_server), env=ENV
+    ) as gw:
         before = await _complete(gw, "Before the outage")
-        await asyncio.to_thread(pg.stop)
+        await asyncio.to_thread(postgres_server.stop)
         during = [await _complete(gw, f"During the outage {i}") for i in range(3)]
-        await asyncio.to_thread(pg.start)
+        await asyncio.to_thread(postgres_server.start)
         wanted = {before.request_id, *(r.request_id for r in during)}
-        rows = await _until_rows(pg.url, wanted)
+        rows = await _until_rows(postgres_server.url, wanted)
     assert wanted <= rows.keys()
-    async with await psycopg.AsyncConnection.connect(pg.url) as conn:
+    async with await psycopg.AsyncConnection.connect(postgres_server.url) as conn:
         cur = await conn.execute("SELECT count(*), count(DISTINCT request_id) FROM usage_calls")
         total, distinct = (await cur.fetchone()) or (0, 0)
     assert total == distinct == len(wanted)  # none lost, none doubled

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import shutil
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import psycopg
@@ -117,20 +116,6 @@ async def _delivered(ledger: PostgresLedger) -> None:
         return await ledger.pending() == 0
 
     await _eventually(empty, "the outbox is empty")
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[PostgresServer]:
-    """One server for the tests that never stop it (each gets a database of its own);
-    a test that stops, kills or pauses PostgreSQL takes ``postgres_server``, its own."""
-    try:
-        server = PostgresServer()
-    except ServerMissing as error:
-        if os.environ.get("LLMGATEWAY_REQUIRE_SERVERS") == "1":
-            pytest.fail(f"{error} and LLMGATEWAY_REQUIRE_SERVERS=1", pytrace=False)
-        pytest.skip(str(error))
-    with server:
-        yield server
 
 
 _databases = itertools.count()

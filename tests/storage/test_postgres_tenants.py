@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from llmgateway_server.storage.base import (
@@ -29,19 +28,6 @@ from tests.support.servers import (  # noqa: F401 (postgres_server: a fixture)
 )
 
 T0 = 1_796_169_600.123456789  # not a whole microsecond: times are kept exactly
-
-
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[PostgresServer]:
-    """One server for the tests that never stop it (each gets a database of its own)."""
-    try:
-        server = PostgresServer()
-    except ServerMissing as error:
-        if os.environ.get("LLMGATEWAY_REQUIRE_SERVERS") == "1":
-            pytest.fail(f"{error} and LLMGATEWAY_REQUIRE_SERVERS=1", pytrace=False)
-        pytest.skip(str(error))
-    with server:
-        yield server
 
 
 _databases = itertools.count()
