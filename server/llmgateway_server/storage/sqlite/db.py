@@ -285,15 +285,16 @@ class SqliteDatabase:
 
         Cancelling the caller does not cancel the operation: it may still commit."""
         if quick and not (durable and self.synchronous == "FULL"):
-            return await self._submit_inline(fn)
+            return await self._submit_inline(fn, durable)
         return await self._submit(self._writes, fn, durable)
 
-    async def _submit_inline(self, fn: Operation[T]) -> T:
+    async def _submit_inline(self, fn: Operation[T], durable: bool) -> T:
         if self._closed:
             raise StoreUnavailable(f"SQLite database {self.path} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Op(fn, False, loop, future))
+        # ``durable`` travels with it in case the lock is taken and the thread commits it.
+        self._pending.append(_Op(fn, durable, loop, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush_inline)
         return await future
