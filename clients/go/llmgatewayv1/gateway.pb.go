@@ -34,6 +34,8 @@ const (
 	Role_ROLE_USER Role = 2
 	// The model's earlier answers.
 	Role_ROLE_ASSISTANT Role = 3
+	// The result of a tool call the model made: `tool_call_id` names the call.
+	Role_ROLE_TOOL Role = 4
 )
 
 // Enum value maps for Role.
@@ -43,12 +45,14 @@ var (
 		1: "ROLE_SYSTEM",
 		2: "ROLE_USER",
 		3: "ROLE_ASSISTANT",
+		4: "ROLE_TOOL",
 	}
 	Role_value = map[string]int32{
 		"ROLE_UNSPECIFIED": 0,
 		"ROLE_SYSTEM":      1,
 		"ROLE_USER":        2,
 		"ROLE_ASSISTANT":   3,
+		"ROLE_TOOL":        4,
 	}
 )
 
@@ -95,6 +99,10 @@ const (
 	FinishReason_FINISH_REASON_CANCELLED FinishReason = 4
 	// The provider reported another reason.
 	FinishReason_FINISH_REASON_OTHER FinishReason = 5
+	// The model stopped to call one or more tools (`tool_calls` holds them).
+	FinishReason_FINISH_REASON_TOOL_CALLS FinishReason = 6
+	// The model refused to answer (`refusal` holds its words, when it gave any).
+	FinishReason_FINISH_REASON_REFUSAL FinishReason = 7
 )
 
 // Enum value maps for FinishReason.
@@ -106,6 +114,8 @@ var (
 		3: "FINISH_REASON_CONTENT_FILTER",
 		4: "FINISH_REASON_CANCELLED",
 		5: "FINISH_REASON_OTHER",
+		6: "FINISH_REASON_TOOL_CALLS",
+		7: "FINISH_REASON_REFUSAL",
 	}
 	FinishReason_value = map[string]int32{
 		"FINISH_REASON_UNSPECIFIED":    0,
@@ -114,6 +124,8 @@ var (
 		"FINISH_REASON_CONTENT_FILTER": 3,
 		"FINISH_REASON_CANCELLED":      4,
 		"FINISH_REASON_OTHER":          5,
+		"FINISH_REASON_TOOL_CALLS":     6,
+		"FINISH_REASON_REFUSAL":        7,
 	}
 )
 
@@ -292,7 +304,239 @@ func (AttemptOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
+// ImageDetail is how closely the model looks at an image.
+type ImageDetail int32
+
+const (
+	// The provider's default.
+	ImageDetail_IMAGE_DETAIL_UNSPECIFIED ImageDetail = 0
+	// The provider chooses.
+	ImageDetail_IMAGE_DETAIL_AUTO ImageDetail = 1
+	// A low-resolution look, fewer tokens.
+	ImageDetail_IMAGE_DETAIL_LOW ImageDetail = 2
+	// A high-resolution look.
+	ImageDetail_IMAGE_DETAIL_HIGH ImageDetail = 3
+)
+
+// Enum value maps for ImageDetail.
+var (
+	ImageDetail_name = map[int32]string{
+		0: "IMAGE_DETAIL_UNSPECIFIED",
+		1: "IMAGE_DETAIL_AUTO",
+		2: "IMAGE_DETAIL_LOW",
+		3: "IMAGE_DETAIL_HIGH",
+	}
+	ImageDetail_value = map[string]int32{
+		"IMAGE_DETAIL_UNSPECIFIED": 0,
+		"IMAGE_DETAIL_AUTO":        1,
+		"IMAGE_DETAIL_LOW":         2,
+		"IMAGE_DETAIL_HIGH":        3,
+	}
+)
+
+func (x ImageDetail) Enum() *ImageDetail {
+	p := new(ImageDetail)
+	*p = x
+	return p
+}
+
+func (x ImageDetail) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImageDetail) Descriptor() protoreflect.EnumDescriptor {
+	return file_llmgateway_v1_gateway_proto_enumTypes[4].Descriptor()
+}
+
+func (ImageDetail) Type() protoreflect.EnumType {
+	return &file_llmgateway_v1_gateway_proto_enumTypes[4]
+}
+
+func (x ImageDetail) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImageDetail.Descriptor instead.
+func (ImageDetail) EnumDescriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+// CacheTtl is how long a cached prompt prefix lives.
+type CacheTtl int32
+
+const (
+	// Five minutes.
+	CacheTtl_CACHE_TTL_UNSPECIFIED CacheTtl = 0
+	// Five minutes (written at the 5-minute cache-write price).
+	CacheTtl_CACHE_TTL_5M CacheTtl = 1
+	// One hour (written at the 1-hour cache-write price).
+	CacheTtl_CACHE_TTL_1H CacheTtl = 2
+)
+
+// Enum value maps for CacheTtl.
+var (
+	CacheTtl_name = map[int32]string{
+		0: "CACHE_TTL_UNSPECIFIED",
+		1: "CACHE_TTL_5M",
+		2: "CACHE_TTL_1H",
+	}
+	CacheTtl_value = map[string]int32{
+		"CACHE_TTL_UNSPECIFIED": 0,
+		"CACHE_TTL_5M":          1,
+		"CACHE_TTL_1H":          2,
+	}
+)
+
+func (x CacheTtl) Enum() *CacheTtl {
+	p := new(CacheTtl)
+	*p = x
+	return p
+}
+
+func (x CacheTtl) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CacheTtl) Descriptor() protoreflect.EnumDescriptor {
+	return file_llmgateway_v1_gateway_proto_enumTypes[5].Descriptor()
+}
+
+func (CacheTtl) Type() protoreflect.EnumType {
+	return &file_llmgateway_v1_gateway_proto_enumTypes[5]
+}
+
+func (x CacheTtl) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CacheTtl.Descriptor instead.
+func (CacheTtl) EnumDescriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+// ToolChoiceMode is whether the model may, must or must not call tools.
+type ToolChoiceMode int32
+
+const (
+	// The provider's default (auto when tools are given).
+	ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED ToolChoiceMode = 0
+	// The model decides.
+	ToolChoiceMode_TOOL_CHOICE_MODE_AUTO ToolChoiceMode = 1
+	// The model calls no tool.
+	ToolChoiceMode_TOOL_CHOICE_MODE_NONE ToolChoiceMode = 2
+	// The model calls at least one tool.
+	ToolChoiceMode_TOOL_CHOICE_MODE_REQUIRED ToolChoiceMode = 3
+	// The model calls the tool named in ToolChoice.name.
+	ToolChoiceMode_TOOL_CHOICE_MODE_TOOL ToolChoiceMode = 4
+)
+
+// Enum value maps for ToolChoiceMode.
+var (
+	ToolChoiceMode_name = map[int32]string{
+		0: "TOOL_CHOICE_MODE_UNSPECIFIED",
+		1: "TOOL_CHOICE_MODE_AUTO",
+		2: "TOOL_CHOICE_MODE_NONE",
+		3: "TOOL_CHOICE_MODE_REQUIRED",
+		4: "TOOL_CHOICE_MODE_TOOL",
+	}
+	ToolChoiceMode_value = map[string]int32{
+		"TOOL_CHOICE_MODE_UNSPECIFIED": 0,
+		"TOOL_CHOICE_MODE_AUTO":        1,
+		"TOOL_CHOICE_MODE_NONE":        2,
+		"TOOL_CHOICE_MODE_REQUIRED":    3,
+		"TOOL_CHOICE_MODE_TOOL":        4,
+	}
+)
+
+func (x ToolChoiceMode) Enum() *ToolChoiceMode {
+	p := new(ToolChoiceMode)
+	*p = x
+	return p
+}
+
+func (x ToolChoiceMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoiceMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_llmgateway_v1_gateway_proto_enumTypes[6].Descriptor()
+}
+
+func (ToolChoiceMode) Type() protoreflect.EnumType {
+	return &file_llmgateway_v1_gateway_proto_enumTypes[6]
+}
+
+func (x ToolChoiceMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoiceMode.Descriptor instead.
+func (ToolChoiceMode) EnumDescriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+// ResponseFormatType is the shape of the output.
+type ResponseFormatType int32
+
+const (
+	// Text.
+	ResponseFormatType_RESPONSE_FORMAT_TYPE_UNSPECIFIED ResponseFormatType = 0
+	// Text.
+	ResponseFormatType_RESPONSE_FORMAT_TYPE_TEXT ResponseFormatType = 1
+	// Any JSON object.
+	ResponseFormatType_RESPONSE_FORMAT_TYPE_JSON_OBJECT ResponseFormatType = 2
+	// JSON matching ResponseFormat.schema, with the provider's native structured output.
+	ResponseFormatType_RESPONSE_FORMAT_TYPE_JSON_SCHEMA ResponseFormatType = 3
+)
+
+// Enum value maps for ResponseFormatType.
+var (
+	ResponseFormatType_name = map[int32]string{
+		0: "RESPONSE_FORMAT_TYPE_UNSPECIFIED",
+		1: "RESPONSE_FORMAT_TYPE_TEXT",
+		2: "RESPONSE_FORMAT_TYPE_JSON_OBJECT",
+		3: "RESPONSE_FORMAT_TYPE_JSON_SCHEMA",
+	}
+	ResponseFormatType_value = map[string]int32{
+		"RESPONSE_FORMAT_TYPE_UNSPECIFIED": 0,
+		"RESPONSE_FORMAT_TYPE_TEXT":        1,
+		"RESPONSE_FORMAT_TYPE_JSON_OBJECT": 2,
+		"RESPONSE_FORMAT_TYPE_JSON_SCHEMA": 3,
+	}
+)
+
+func (x ResponseFormatType) Enum() *ResponseFormatType {
+	p := new(ResponseFormatType)
+	*p = x
+	return p
+}
+
+func (x ResponseFormatType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ResponseFormatType) Descriptor() protoreflect.EnumDescriptor {
+	return file_llmgateway_v1_gateway_proto_enumTypes[7].Descriptor()
+}
+
+func (ResponseFormatType) Type() protoreflect.EnumType {
+	return &file_llmgateway_v1_gateway_proto_enumTypes[7]
+}
+
+func (x ResponseFormatType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ResponseFormatType.Descriptor instead.
+func (ResponseFormatType) EnumDescriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
 // Message is one turn of a chat conversation.
+//
+// Its content is either plain text (`content`) or a list of parts (`parts`: text and
+// images), never both. An assistant message may carry the tool calls the model made; a
+// ROLE_TOOL message answers one of them.
 type Message struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Who wrote the message. Required.
@@ -300,7 +544,20 @@ type Message struct {
 	// The text of the message.
 	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
 	// Optional name of the participant, passed to providers that support it.
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The content as parts, in order (instead of `content`). Images only in ROLE_USER
+	// messages; a ROLE_TOOL message takes text parts only.
+	Parts []*ContentPart `protobuf:"bytes,4,rep,name=parts,proto3" json:"parts,omitempty"`
+	// ROLE_ASSISTANT only: the tool calls the model made in this turn, as the gateway
+	// returned them.
+	ToolCalls []*ToolCall `protobuf:"bytes,5,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// ROLE_TOOL only: the id of the tool call this message answers. Required there.
+	ToolCallId string `protobuf:"bytes,6,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
+	// ROLE_TOOL only: the tool failed; `content` says how.
+	IsError bool `protobuf:"varint,7,opt,name=is_error,json=isError,proto3" json:"is_error,omitempty"`
+	// A prompt-cache breakpoint after this message's `content` (for parts, set it on the
+	// part). Used by providers with explicit caching (Anthropic); ignored by the others.
+	CacheControl  *CacheControl `protobuf:"bytes,8,opt,name=cache_control,json=cacheControl,proto3" json:"cache_control,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +613,586 @@ func (x *Message) GetName() string {
 	return ""
 }
 
+func (x *Message) GetParts() []*ContentPart {
+	if x != nil {
+		return x.Parts
+	}
+	return nil
+}
+
+func (x *Message) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *Message) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
+func (x *Message) GetIsError() bool {
+	if x != nil {
+		return x.IsError
+	}
+	return false
+}
+
+func (x *Message) GetCacheControl() *CacheControl {
+	if x != nil {
+		return x.CacheControl
+	}
+	return nil
+}
+
+// ContentPart is one piece of a message's content.
+type ContentPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The piece.
+	//
+	// Types that are valid to be assigned to Part:
+	//
+	//	*ContentPart_Text
+	//	*ContentPart_Image
+	Part isContentPart_Part `protobuf_oneof:"part"`
+	// A prompt-cache breakpoint after this part.
+	CacheControl  *CacheControl `protobuf:"bytes,3,opt,name=cache_control,json=cacheControl,proto3" json:"cache_control,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContentPart) Reset() {
+	*x = ContentPart{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContentPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContentPart) ProtoMessage() {}
+
+func (x *ContentPart) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContentPart.ProtoReflect.Descriptor instead.
+func (*ContentPart) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ContentPart) GetPart() isContentPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *ContentPart) GetText() string {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *ContentPart) GetImage() *Image {
+	if x != nil {
+		if x, ok := x.Part.(*ContentPart_Image); ok {
+			return x.Image
+		}
+	}
+	return nil
+}
+
+func (x *ContentPart) GetCacheControl() *CacheControl {
+	if x != nil {
+		return x.CacheControl
+	}
+	return nil
+}
+
+type isContentPart_Part interface {
+	isContentPart_Part()
+}
+
+type ContentPart_Text struct {
+	// Text.
+	Text string `protobuf:"bytes,1,opt,name=text,proto3,oneof"`
+}
+
+type ContentPart_Image struct {
+	// An image (ROLE_USER messages only).
+	Image *Image `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
+}
+
+func (*ContentPart_Text) isContentPart_Part() {}
+
+func (*ContentPart_Image) isContentPart_Part() {}
+
+// Image is an image given to the model.
+type Image struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the image comes from.
+	//
+	// Types that are valid to be assigned to Source:
+	//
+	//	*Image_Data
+	//	*Image_Url
+	Source isImage_Source `protobuf_oneof:"source"`
+	// The media type: image/png, image/jpeg, image/gif or image/webp. Required with
+	// `data`; for an https URL, optional.
+	MediaType string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	// How closely the model looks (providers without the setting ignore it).
+	Detail        ImageDetail `protobuf:"varint,4,opt,name=detail,proto3,enum=llmgateway.v1.ImageDetail" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Image) GetSource() isImage_Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Image) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Source.(*Image_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *Image) GetUrl() string {
+	if x != nil {
+		if x, ok := x.Source.(*Image_Url); ok {
+			return x.Url
+		}
+	}
+	return ""
+}
+
+func (x *Image) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *Image) GetDetail() ImageDetail {
+	if x != nil {
+		return x.Detail
+	}
+	return ImageDetail_IMAGE_DETAIL_UNSPECIFIED
+}
+
+type isImage_Source interface {
+	isImage_Source()
+}
+
+type Image_Data struct {
+	// The image file's bytes: PNG, JPEG, GIF or WebP, checked against `media_type`.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3,oneof"`
+}
+
+type Image_Url struct {
+	// An https URL the provider fetches, or a `data:<media type>;base64,` URL (decoded
+	// and checked as `data` is).
+	Url string `protobuf:"bytes,2,opt,name=url,proto3,oneof"`
+}
+
+func (*Image_Data) isImage_Source() {}
+
+func (*Image_Url) isImage_Source() {}
+
+// CacheControl marks a prompt-cache breakpoint: the prompt up to here may be cached.
+type CacheControl struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the cached prefix lives.
+	Ttl           CacheTtl `protobuf:"varint,1,opt,name=ttl,proto3,enum=llmgateway.v1.CacheTtl" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CacheControl) Reset() {
+	*x = CacheControl{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CacheControl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CacheControl) ProtoMessage() {}
+
+func (x *CacheControl) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CacheControl.ProtoReflect.Descriptor instead.
+func (*CacheControl) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CacheControl) GetTtl() CacheTtl {
+	if x != nil {
+		return x.Ttl
+	}
+	return CacheTtl_CACHE_TTL_UNSPECIFIED
+}
+
+// ToolCall is one call of a tool by the model.
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gateway's id of the call (the same whichever provider made it): a ROLE_TOOL
+	// message answers it by this id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The tool's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The arguments as JSON text, exactly as the model produced them ("{}" when it gave
+	// none).
+	Arguments string `protobuf:"bytes,3,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	// True when `arguments` is not valid JSON (a truncated or malformed answer): delivered
+	// as produced, never repaired. Always false in requests.
+	ArgumentsInvalid bool `protobuf:"varint,4,opt,name=arguments_invalid,json=argumentsInvalid,proto3" json:"arguments_invalid,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArgumentsInvalid() bool {
+	if x != nil {
+		return x.ArgumentsInvalid
+	}
+	return false
+}
+
+// Tool is a function the model may call.
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tool's name: 1-64 of A-Z a-z 0-9 _ -. Required, unique in a request.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the tool does, for the model.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The JSON Schema of the arguments, as JSON text (an object). Sent to the provider
+	// byte for byte: key order, $defs/$ref and big integers survive. Empty: no arguments.
+	Parameters string `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	// Ask the provider to make the arguments match the schema exactly.
+	Strict bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	// A prompt-cache breakpoint after this tool's definition.
+	CacheControl  *CacheControl `protobuf:"bytes,5,opt,name=cache_control,json=cacheControl,proto3" json:"cache_control,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParameters() string {
+	if x != nil {
+		return x.Parameters
+	}
+	return ""
+}
+
+func (x *Tool) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
+func (x *Tool) GetCacheControl() *CacheControl {
+	if x != nil {
+		return x.CacheControl
+	}
+	return nil
+}
+
+// ToolChoice says whether and which tools the model must call.
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the model may, must or must not call tools.
+	Mode ToolChoiceMode `protobuf:"varint,1,opt,name=mode,proto3,enum=llmgateway.v1.ToolChoiceMode" json:"mode,omitempty"`
+	// With TOOL_CHOICE_MODE_TOOL: the tool it must call.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// At most one tool call per answer (parallel calls are allowed by default).
+	DisableParallelToolCalls bool `protobuf:"varint,3,opt,name=disable_parallel_tool_calls,json=disableParallelToolCalls,proto3" json:"disable_parallel_tool_calls,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ToolChoice) GetMode() ToolChoiceMode {
+	if x != nil {
+		return x.Mode
+	}
+	return ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolChoice) GetDisableParallelToolCalls() bool {
+	if x != nil {
+		return x.DisableParallelToolCalls
+	}
+	return false
+}
+
+// ResponseFormat asks for output in a given shape.
+type ResponseFormat struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shape.
+	Type ResponseFormatType `protobuf:"varint,1,opt,name=type,proto3,enum=llmgateway.v1.ResponseFormatType" json:"type,omitempty"`
+	// JSON schema only: the schema's name (1-64 of A-Z a-z 0-9 _ -).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// JSON schema only: the schema as JSON text (an object), sent byte for byte.
+	Schema string `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"`
+	// JSON schema only: ask the provider to follow the schema exactly.
+	Strict        bool `protobuf:"varint,4,opt,name=strict,proto3" json:"strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResponseFormat) Reset() {
+	*x = ResponseFormat{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResponseFormat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResponseFormat) ProtoMessage() {}
+
+func (x *ResponseFormat) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResponseFormat.ProtoReflect.Descriptor instead.
+func (*ResponseFormat) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ResponseFormat) GetType() ResponseFormatType {
+	if x != nil {
+		return x.Type
+	}
+	return ResponseFormatType_RESPONSE_FORMAT_TYPE_UNSPECIFIED
+}
+
+func (x *ResponseFormat) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+func (x *ResponseFormat) GetStrict() bool {
+	if x != nil {
+		return x.Strict
+	}
+	return false
+}
+
 // CompleteRequest asks for one chat completion.
 type CompleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -378,13 +1215,20 @@ type CompleteRequest struct {
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// What to do when the prompt does not fit the context window.
 	ContextPolicy ContextPolicy `protobuf:"varint,9,opt,name=context_policy,json=contextPolicy,proto3,enum=llmgateway.v1.ContextPolicy" json:"context_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Tools the model may call (at most 128).
+	Tools []*Tool `protobuf:"bytes,10,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Whether and which tools the model must call. Requires `tools` unless its mode is
+	// unset or NONE.
+	ToolChoice *ToolChoice `protobuf:"bytes,11,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// The shape of the output.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,12,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CompleteRequest) Reset() {
 	*x = CompleteRequest{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +1240,7 @@ func (x *CompleteRequest) String() string {
 func (*CompleteRequest) ProtoMessage() {}
 
 func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[1]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +1253,7 @@ func (x *CompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteRequest.ProtoReflect.Descriptor instead.
 func (*CompleteRequest) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CompleteRequest) GetModel() string {
@@ -475,6 +1319,27 @@ func (x *CompleteRequest) GetContextPolicy() ContextPolicy {
 	return ContextPolicy_CONTEXT_POLICY_UNSPECIFIED
 }
 
+func (x *CompleteRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *CompleteRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
 // CompleteResponse carries the finished completion.
 type CompleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -486,7 +1351,7 @@ type CompleteResponse struct {
 
 func (x *CompleteResponse) Reset() {
 	*x = CompleteResponse{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +1363,7 @@ func (x *CompleteResponse) String() string {
 func (*CompleteResponse) ProtoMessage() {}
 
 func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[2]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +1376,7 @@ func (x *CompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteResponse.ProtoReflect.Descriptor instead.
 func (*CompleteResponse) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CompleteResponse) GetCompletion() *Completion {
@@ -544,13 +1409,20 @@ type StreamCompleteRequest struct {
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// What to do when the prompt does not fit the context window.
 	ContextPolicy ContextPolicy `protobuf:"varint,9,opt,name=context_policy,json=contextPolicy,proto3,enum=llmgateway.v1.ContextPolicy" json:"context_policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Tools the model may call (at most 128).
+	Tools []*Tool `protobuf:"bytes,10,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Whether and which tools the model must call. Requires `tools` unless its mode is
+	// unset or NONE.
+	ToolChoice *ToolChoice `protobuf:"bytes,11,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// The shape of the output.
+	ResponseFormat *ResponseFormat `protobuf:"bytes,12,opt,name=response_format,json=responseFormat,proto3" json:"response_format,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StreamCompleteRequest) Reset() {
 	*x = StreamCompleteRequest{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +1434,7 @@ func (x *StreamCompleteRequest) String() string {
 func (*StreamCompleteRequest) ProtoMessage() {}
 
 func (x *StreamCompleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[3]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +1447,7 @@ func (x *StreamCompleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamCompleteRequest.ProtoReflect.Descriptor instead.
 func (*StreamCompleteRequest) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamCompleteRequest) GetModel() string {
@@ -641,6 +1513,27 @@ func (x *StreamCompleteRequest) GetContextPolicy() ContextPolicy {
 	return ContextPolicy_CONTEXT_POLICY_UNSPECIFIED
 }
 
+func (x *StreamCompleteRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *StreamCompleteRequest) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *StreamCompleteRequest) GetResponseFormat() *ResponseFormat {
+	if x != nil {
+		return x.ResponseFormat
+	}
+	return nil
+}
+
 // StreamCompleteResponse is one event of a streamed completion.
 type StreamCompleteResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -657,7 +1550,7 @@ type StreamCompleteResponse struct {
 
 func (x *StreamCompleteResponse) Reset() {
 	*x = StreamCompleteResponse{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +1562,7 @@ func (x *StreamCompleteResponse) String() string {
 func (*StreamCompleteResponse) ProtoMessage() {}
 
 func (x *StreamCompleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[4]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +1575,7 @@ func (x *StreamCompleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamCompleteResponse.ProtoReflect.Descriptor instead.
 func (*StreamCompleteResponse) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamCompleteResponse) GetEvent() isStreamCompleteResponse_Event {
@@ -728,18 +1621,24 @@ func (*StreamCompleteResponse_Delta) isStreamCompleteResponse_Event() {}
 
 func (*StreamCompleteResponse_Result) isStreamCompleteResponse_Event() {}
 
-// Delta is a piece of generated text.
+// Delta is a piece of generated output: text, a fragment of a tool call, or of a
+// refusal.
 type Delta struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new text.
-	Text          string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	// A fragment of a tool call: the first fragment of a call carries its index, id and
+	// name; the following ones (same index) carry pieces of its arguments.
+	ToolCall *ToolCallDelta `protobuf:"bytes,2,opt,name=tool_call,json=toolCall,proto3" json:"tool_call,omitempty"`
+	// New text of the model's refusal.
+	Refusal       string `protobuf:"bytes,3,opt,name=refusal,proto3" json:"refusal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Delta) Reset() {
 	*x = Delta{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +1650,7 @@ func (x *Delta) String() string {
 func (*Delta) ProtoMessage() {}
 
 func (x *Delta) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[5]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,12 +1663,99 @@ func (x *Delta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delta.ProtoReflect.Descriptor instead.
 func (*Delta) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Delta) GetText() string {
 	if x != nil {
 		return x.Text
+	}
+	return ""
+}
+
+func (x *Delta) GetToolCall() *ToolCallDelta {
+	if x != nil {
+		return x.ToolCall
+	}
+	return nil
+}
+
+func (x *Delta) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+// ToolCallDelta is a fragment of a tool call being streamed.
+type ToolCallDelta struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The call's position in Completion.tool_calls.
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The call's id (first fragment only).
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The tool's name (first fragment only).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The next piece of the arguments' JSON text.
+	Arguments     string `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCallDelta) Reset() {
+	*x = ToolCallDelta{}
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCallDelta) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCallDelta) ProtoMessage() {}
+
+func (x *ToolCallDelta) ProtoReflect() protoreflect.Message {
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCallDelta.ProtoReflect.Descriptor instead.
+func (*ToolCallDelta) Descriptor() ([]byte, []int) {
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ToolCallDelta) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCallDelta) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCallDelta) GetArguments() string {
+	if x != nil {
+		return x.Arguments
 	}
 	return ""
 }
@@ -796,13 +1782,17 @@ type Completion struct {
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// How many messages the context-window policy removed from the prompt.
 	TrimmedMessageCount int64 `protobuf:"varint,9,opt,name=trimmed_message_count,json=trimmedMessageCount,proto3" json:"trimmed_message_count,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The tool calls the model made (finish reason TOOL_CALLS), in order.
+	ToolCalls []*ToolCall `protobuf:"bytes,10,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// The model's refusal, when it refused (finish reason REFUSAL).
+	Refusal       string `protobuf:"bytes,11,opt,name=refusal,proto3" json:"refusal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Completion) Reset() {
 	*x = Completion{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +1804,7 @@ func (x *Completion) String() string {
 func (*Completion) ProtoMessage() {}
 
 func (x *Completion) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[6]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +1817,7 @@ func (x *Completion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Completion.ProtoReflect.Descriptor instead.
 func (*Completion) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Completion) GetContent() string {
@@ -893,22 +1883,50 @@ func (x *Completion) GetTrimmedMessageCount() int64 {
 	return 0
 }
 
-// Usage counts the tokens a call used.
+func (x *Completion) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *Completion) GetRefusal() string {
+	if x != nil {
+		return x.Refusal
+	}
+	return ""
+}
+
+// Usage counts the tokens a call used, in the gateway's provider-neutral terms. The
+// input counts do not overlap: the prompt is input + cached input + cache writes. (OpenAI
+// reports prompt tokens including cached ones, Anthropic input tokens excluding cache
+// reads and writes; both are converted to these terms.)
 type Usage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Prompt tokens billed at the input price (excludes cached input tokens).
+	// Prompt tokens billed at the input price: neither read from nor written to the cache
+	// (images included).
 	InputTokenCount int64 `protobuf:"varint,1,opt,name=input_token_count,json=inputTokenCount,proto3" json:"input_token_count,omitempty"`
-	// Generated tokens.
+	// Generated tokens, reasoning included.
 	OutputTokenCount int64 `protobuf:"varint,2,opt,name=output_token_count,json=outputTokenCount,proto3" json:"output_token_count,omitempty"`
-	// Prompt tokens served from the provider's cache, billed at the cached price.
+	// Prompt tokens read from the provider's cache, billed at the cache-read price.
 	CachedInputTokenCount int64 `protobuf:"varint,3,opt,name=cached_input_token_count,json=cachedInputTokenCount,proto3" json:"cached_input_token_count,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Prompt tokens written to the provider's cache, all TTLs (Anthropic reports them;
+	// OpenAI writes its cache for free and reports none).
+	CacheWriteInputTokenCount int64 `protobuf:"varint,4,opt,name=cache_write_input_token_count,json=cacheWriteInputTokenCount,proto3" json:"cache_write_input_token_count,omitempty"`
+	// The part of cache_write_input_token_count written with the 1-hour TTL.
+	CacheWrite_1HInputTokenCount int64 `protobuf:"varint,5,opt,name=cache_write_1h_input_token_count,json=cacheWrite1hInputTokenCount,proto3" json:"cache_write_1h_input_token_count,omitempty"`
+	// The part of output_token_count the model spent reasoning (OpenAI reports it;
+	// Anthropic bills thinking as output without a separate count).
+	ReasoningTokenCount int64 `protobuf:"varint,6,opt,name=reasoning_token_count,json=reasoningTokenCount,proto3" json:"reasoning_token_count,omitempty"`
+	// The part of input_token_count that images took, where the provider reports it.
+	ImageInputTokenCount int64 `protobuf:"varint,7,opt,name=image_input_token_count,json=imageInputTokenCount,proto3" json:"image_input_token_count,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +1938,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[7]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +1951,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Usage) GetInputTokenCount() int64 {
@@ -957,24 +1975,64 @@ func (x *Usage) GetCachedInputTokenCount() int64 {
 	return 0
 }
 
-// Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD).
+func (x *Usage) GetCacheWriteInputTokenCount() int64 {
+	if x != nil {
+		return x.CacheWriteInputTokenCount
+	}
+	return 0
+}
+
+func (x *Usage) GetCacheWrite_1HInputTokenCount() int64 {
+	if x != nil {
+		return x.CacheWrite_1HInputTokenCount
+	}
+	return 0
+}
+
+func (x *Usage) GetReasoningTokenCount() int64 {
+	if x != nil {
+		return x.ReasoningTokenCount
+	}
+	return 0
+}
+
+func (x *Usage) GetImageInputTokenCount() int64 {
+	if x != nil {
+		return x.ImageInputTokenCount
+	}
+	return 0
+}
+
+// Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD). Each line is
+// its tokens times its price, rounded up to a whole nano-USD; input_nano_usd is the sum
+// of the input lines, output_nano_usd of the output lines, total of both.
 type Cost struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Total cost of the call.
 	TotalNanoUsd int64 `protobuf:"varint,1,opt,name=total_nano_usd,json=totalNanoUsd,proto3" json:"total_nano_usd,omitempty"`
-	// Part of the total for input (including cached input) tokens.
+	// Part of the total for every input token: uncached, images, cache reads and writes.
 	InputNanoUsd int64 `protobuf:"varint,2,opt,name=input_nano_usd,json=inputNanoUsd,proto3" json:"input_nano_usd,omitempty"`
-	// Part of the total for output tokens.
+	// Part of the total for output tokens, reasoning included.
 	OutputNanoUsd int64 `protobuf:"varint,3,opt,name=output_nano_usd,json=outputNanoUsd,proto3" json:"output_nano_usd,omitempty"`
 	// Version of the price table the cost was computed with.
-	PriceVersion  string `protobuf:"bytes,4,opt,name=price_version,json=priceVersion,proto3" json:"price_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PriceVersion string `protobuf:"bytes,4,opt,name=price_version,json=priceVersion,proto3" json:"price_version,omitempty"`
+	// Line of input_nano_usd: cache reads.
+	CacheReadNanoUsd int64 `protobuf:"varint,5,opt,name=cache_read_nano_usd,json=cacheReadNanoUsd,proto3" json:"cache_read_nano_usd,omitempty"`
+	// Line of input_nano_usd: cache writes with the 5-minute TTL.
+	CacheWrite_5MNanoUsd int64 `protobuf:"varint,6,opt,name=cache_write_5m_nano_usd,json=cacheWrite5mNanoUsd,proto3" json:"cache_write_5m_nano_usd,omitempty"`
+	// Line of input_nano_usd: cache writes with the 1-hour TTL.
+	CacheWrite_1HNanoUsd int64 `protobuf:"varint,7,opt,name=cache_write_1h_nano_usd,json=cacheWrite1hNanoUsd,proto3" json:"cache_write_1h_nano_usd,omitempty"`
+	// Line of input_nano_usd: image input tokens.
+	ImageInputNanoUsd int64 `protobuf:"varint,8,opt,name=image_input_nano_usd,json=imageInputNanoUsd,proto3" json:"image_input_nano_usd,omitempty"`
+	// Line of output_nano_usd: reasoning tokens.
+	ReasoningNanoUsd int64 `protobuf:"varint,9,opt,name=reasoning_nano_usd,json=reasoningNanoUsd,proto3" json:"reasoning_nano_usd,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Cost) Reset() {
 	*x = Cost{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +2044,7 @@ func (x *Cost) String() string {
 func (*Cost) ProtoMessage() {}
 
 func (x *Cost) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[8]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +2057,7 @@ func (x *Cost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cost.ProtoReflect.Descriptor instead.
 func (*Cost) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Cost) GetTotalNanoUsd() int64 {
@@ -1030,6 +2088,41 @@ func (x *Cost) GetPriceVersion() string {
 	return ""
 }
 
+func (x *Cost) GetCacheReadNanoUsd() int64 {
+	if x != nil {
+		return x.CacheReadNanoUsd
+	}
+	return 0
+}
+
+func (x *Cost) GetCacheWrite_5MNanoUsd() int64 {
+	if x != nil {
+		return x.CacheWrite_5MNanoUsd
+	}
+	return 0
+}
+
+func (x *Cost) GetCacheWrite_1HNanoUsd() int64 {
+	if x != nil {
+		return x.CacheWrite_1HNanoUsd
+	}
+	return 0
+}
+
+func (x *Cost) GetImageInputNanoUsd() int64 {
+	if x != nil {
+		return x.ImageInputNanoUsd
+	}
+	return 0
+}
+
+func (x *Cost) GetReasoningNanoUsd() int64 {
+	if x != nil {
+		return x.ReasoningNanoUsd
+	}
+	return 0
+}
+
 // Attempt is one try against one upstream target.
 type Attempt struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1050,7 +2143,7 @@ type Attempt struct {
 
 func (x *Attempt) Reset() {
 	*x = Attempt{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +2155,7 @@ func (x *Attempt) String() string {
 func (*Attempt) ProtoMessage() {}
 
 func (x *Attempt) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[9]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +2168,7 @@ func (x *Attempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
 func (*Attempt) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Attempt) GetProvider() string {
@@ -1119,14 +2212,16 @@ type CountTokensRequest struct {
 	// The logical model name (the route). Required.
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// The conversation to count.
-	Messages      []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	Messages []*Message `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	// Tools the request would declare (their definitions count as input).
+	Tools         []*Tool `protobuf:"bytes,3,rep,name=tools,proto3" json:"tools,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CountTokensRequest) Reset() {
 	*x = CountTokensRequest{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +2233,7 @@ func (x *CountTokensRequest) String() string {
 func (*CountTokensRequest) ProtoMessage() {}
 
 func (x *CountTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[10]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +2246,7 @@ func (x *CountTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokensRequest.ProtoReflect.Descriptor instead.
 func (*CountTokensRequest) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CountTokensRequest) GetModel() string {
@@ -1164,6 +2259,13 @@ func (x *CountTokensRequest) GetModel() string {
 func (x *CountTokensRequest) GetMessages() []*Message {
 	if x != nil {
 		return x.Messages
+	}
+	return nil
+}
+
+func (x *CountTokensRequest) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
 	}
 	return nil
 }
@@ -1185,7 +2287,7 @@ type CountTokensResponse struct {
 
 func (x *CountTokensResponse) Reset() {
 	*x = CountTokensResponse{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +2299,7 @@ func (x *CountTokensResponse) String() string {
 func (*CountTokensResponse) ProtoMessage() {}
 
 func (x *CountTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[11]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +2312,7 @@ func (x *CountTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CountTokensResponse.ProtoReflect.Descriptor instead.
 func (*CountTokensResponse) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CountTokensResponse) GetInputTokenCount() int64 {
@@ -1243,7 +2345,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +2357,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[12]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +2370,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 // ListModelsResponse lists routes.
@@ -1282,7 +2384,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +2396,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[13]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +2409,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -1334,7 +2436,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +2448,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[14]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +2461,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Model) GetName() string {
@@ -1407,7 +2509,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +2521,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[15]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +2534,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Target) GetProvider() string {
@@ -1470,17 +2572,25 @@ type Price struct {
 	InputNanoUsdPerMillionTokens int64 `protobuf:"varint,1,opt,name=input_nano_usd_per_million_tokens,json=inputNanoUsdPerMillionTokens,proto3" json:"input_nano_usd_per_million_tokens,omitempty"`
 	// Price of one million output tokens.
 	OutputNanoUsdPerMillionTokens int64 `protobuf:"varint,2,opt,name=output_nano_usd_per_million_tokens,json=outputNanoUsdPerMillionTokens,proto3" json:"output_nano_usd_per_million_tokens,omitempty"`
-	// Price of one million cached input tokens.
+	// Price of one million cached input tokens (cache reads).
 	CachedInputNanoUsdPerMillionTokens int64 `protobuf:"varint,3,opt,name=cached_input_nano_usd_per_million_tokens,json=cachedInputNanoUsdPerMillionTokens,proto3" json:"cached_input_nano_usd_per_million_tokens,omitempty"`
 	// Version of this price entry.
-	Version       string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// Price of one million input tokens written to the cache with the 5-minute TTL.
+	CacheWrite_5MNanoUsdPerMillionTokens int64 `protobuf:"varint,5,opt,name=cache_write_5m_nano_usd_per_million_tokens,json=cacheWrite5mNanoUsdPerMillionTokens,proto3" json:"cache_write_5m_nano_usd_per_million_tokens,omitempty"`
+	// Price of one million input tokens written to the cache with the 1-hour TTL.
+	CacheWrite_1HNanoUsdPerMillionTokens int64 `protobuf:"varint,6,opt,name=cache_write_1h_nano_usd_per_million_tokens,json=cacheWrite1hNanoUsdPerMillionTokens,proto3" json:"cache_write_1h_nano_usd_per_million_tokens,omitempty"`
+	// Price of one million reasoning (output) tokens.
+	ReasoningNanoUsdPerMillionTokens int64 `protobuf:"varint,7,opt,name=reasoning_nano_usd_per_million_tokens,json=reasoningNanoUsdPerMillionTokens,proto3" json:"reasoning_nano_usd_per_million_tokens,omitempty"`
+	// Price of one million image input tokens.
+	ImageInputNanoUsdPerMillionTokens int64 `protobuf:"varint,8,opt,name=image_input_nano_usd_per_million_tokens,json=imageInputNanoUsdPerMillionTokens,proto3" json:"image_input_nano_usd_per_million_tokens,omitempty"`
+	unknownFields                     protoimpl.UnknownFields
+	sizeCache                         protoimpl.SizeCache
 }
 
 func (x *Price) Reset() {
 	*x = Price{}
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +2602,7 @@ func (x *Price) String() string {
 func (*Price) ProtoMessage() {}
 
 func (x *Price) ProtoReflect() protoreflect.Message {
-	mi := &file_llmgateway_v1_gateway_proto_msgTypes[16]
+	mi := &file_llmgateway_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +2615,7 @@ func (x *Price) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Price.ProtoReflect.Descriptor instead.
 func (*Price) Descriptor() ([]byte, []int) {
-	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_llmgateway_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Price) GetInputNanoUsdPerMillionTokens() int64 {
@@ -1536,15 +2646,87 @@ func (x *Price) GetVersion() string {
 	return ""
 }
 
+func (x *Price) GetCacheWrite_5MNanoUsdPerMillionTokens() int64 {
+	if x != nil {
+		return x.CacheWrite_5MNanoUsdPerMillionTokens
+	}
+	return 0
+}
+
+func (x *Price) GetCacheWrite_1HNanoUsdPerMillionTokens() int64 {
+	if x != nil {
+		return x.CacheWrite_1HNanoUsdPerMillionTokens
+	}
+	return 0
+}
+
+func (x *Price) GetReasoningNanoUsdPerMillionTokens() int64 {
+	if x != nil {
+		return x.ReasoningNanoUsdPerMillionTokens
+	}
+	return 0
+}
+
+func (x *Price) GetImageInputNanoUsdPerMillionTokens() int64 {
+	if x != nil {
+		return x.ImageInputNanoUsdPerMillionTokens
+	}
+	return 0
+}
+
 var File_llmgateway_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x1bllmgateway/v1/gateway.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"`\n" +
+	"\x1bllmgateway/v1/gateway.proto\x12\rllmgateway.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc9\x02\n" +
 	"\aMessage\x12'\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x13.llmgateway.v1.RoleR\x04role\x12\x18\n" +
 	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xd8\x03\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x120\n" +
+	"\x05parts\x18\x04 \x03(\v2\x1a.llmgateway.v1.ContentPartR\x05parts\x126\n" +
+	"\n" +
+	"tool_calls\x18\x05 \x03(\v2\x17.llmgateway.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x06 \x01(\tR\n" +
+	"toolCallId\x12\x19\n" +
+	"\bis_error\x18\a \x01(\bR\aisError\x12@\n" +
+	"\rcache_control\x18\b \x01(\v2\x1b.llmgateway.v1.CacheControlR\fcacheControl\"\x9b\x01\n" +
+	"\vContentPart\x12\x14\n" +
+	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12,\n" +
+	"\x05image\x18\x02 \x01(\v2\x14.llmgateway.v1.ImageH\x00R\x05image\x12@\n" +
+	"\rcache_control\x18\x03 \x01(\v2\x1b.llmgateway.v1.CacheControlR\fcacheControlB\x06\n" +
+	"\x04part\"\x8e\x01\n" +
+	"\x05Image\x12\x14\n" +
+	"\x04data\x18\x01 \x01(\fH\x00R\x04data\x12\x12\n" +
+	"\x03url\x18\x02 \x01(\tH\x00R\x03url\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x03 \x01(\tR\tmediaType\x122\n" +
+	"\x06detail\x18\x04 \x01(\x0e2\x1a.llmgateway.v1.ImageDetailR\x06detailB\b\n" +
+	"\x06source\"9\n" +
+	"\fCacheControl\x12)\n" +
+	"\x03ttl\x18\x01 \x01(\x0e2\x17.llmgateway.v1.CacheTtlR\x03ttl\"y\n" +
+	"\bToolCall\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x03 \x01(\tR\targuments\x12+\n" +
+	"\x11arguments_invalid\x18\x04 \x01(\bR\x10argumentsInvalid\"\xb6\x01\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\tR\n" +
+	"parameters\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\x12@\n" +
+	"\rcache_control\x18\x05 \x01(\v2\x1b.llmgateway.v1.CacheControlR\fcacheControl\"\x92\x01\n" +
+	"\n" +
+	"ToolChoice\x121\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1d.llmgateway.v1.ToolChoiceModeR\x04mode\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12=\n" +
+	"\x1bdisable_parallel_tool_calls\x18\x03 \x01(\bR\x18disableParallelToolCalls\"\x8b\x01\n" +
+	"\x0eResponseFormat\x125\n" +
+	"\x04type\x18\x01 \x01(\x0e2!.llmgateway.v1.ResponseFormatTypeR\x04type\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06schema\x18\x03 \x01(\tR\x06schema\x12\x16\n" +
+	"\x06strict\x18\x04 \x01(\bR\x06strict\"\x87\x05\n" +
 	"\x0fCompleteRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x122\n" +
 	"\bmessages\x18\x02 \x03(\v2\x16.llmgateway.v1.MessageR\bmessages\x12\"\n" +
@@ -1556,7 +2738,12 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\x04tags\x18\a \x03(\v2(.llmgateway.v1.CompleteRequest.TagsEntryR\x04tags\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12C\n" +
-	"\x0econtext_policy\x18\t \x01(\x0e2\x1c.llmgateway.v1.ContextPolicyR\rcontextPolicy\x1a7\n" +
+	"\x0econtext_policy\x18\t \x01(\x0e2\x1c.llmgateway.v1.ContextPolicyR\rcontextPolicy\x12)\n" +
+	"\x05tools\x18\n" +
+	" \x03(\v2\x13.llmgateway.v1.ToolR\x05tools\x12:\n" +
+	"\vtool_choice\x18\v \x01(\v2\x19.llmgateway.v1.ToolChoiceR\n" +
+	"toolChoice\x12F\n" +
+	"\x0fresponse_format\x18\f \x01(\v2\x1d.llmgateway.v1.ResponseFormatR\x0eresponseFormat\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
@@ -1566,7 +2753,7 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\x10CompleteResponse\x129\n" +
 	"\n" +
 	"completion\x18\x01 \x01(\v2\x19.llmgateway.v1.CompletionR\n" +
-	"completion\"\xe4\x03\n" +
+	"completion\"\x93\x05\n" +
 	"\x15StreamCompleteRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x122\n" +
 	"\bmessages\x18\x02 \x03(\v2\x16.llmgateway.v1.MessageR\bmessages\x12\"\n" +
@@ -1578,7 +2765,12 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\x04tags\x18\a \x03(\v2..llmgateway.v1.StreamCompleteRequest.TagsEntryR\x04tags\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12C\n" +
-	"\x0econtext_policy\x18\t \x01(\x0e2\x1c.llmgateway.v1.ContextPolicyR\rcontextPolicy\x1a7\n" +
+	"\x0econtext_policy\x18\t \x01(\x0e2\x1c.llmgateway.v1.ContextPolicyR\rcontextPolicy\x12)\n" +
+	"\x05tools\x18\n" +
+	" \x03(\v2\x13.llmgateway.v1.ToolR\x05tools\x12:\n" +
+	"\vtool_choice\x18\v \x01(\v2\x19.llmgateway.v1.ToolChoiceR\n" +
+	"toolChoice\x12F\n" +
+	"\x0fresponse_format\x18\f \x01(\v2\x1d.llmgateway.v1.ResponseFormatR\x0eresponseFormat\x1a7\n" +
 	"\tTagsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
@@ -1588,9 +2780,16 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\x16StreamCompleteResponse\x12,\n" +
 	"\x05delta\x18\x01 \x01(\v2\x14.llmgateway.v1.DeltaH\x00R\x05delta\x123\n" +
 	"\x06result\x18\x02 \x01(\v2\x19.llmgateway.v1.CompletionH\x00R\x06resultB\a\n" +
-	"\x05event\"\x1b\n" +
+	"\x05event\"p\n" +
 	"\x05Delta\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\tR\x04text\"\x87\x03\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\x129\n" +
+	"\ttool_call\x18\x02 \x01(\v2\x1c.llmgateway.v1.ToolCallDeltaR\btoolCall\x12\x18\n" +
+	"\arefusal\x18\x03 \x01(\tR\arefusal\"g\n" +
+	"\rToolCallDelta\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\tR\targuments\"\xd9\x03\n" +
 	"\n" +
 	"Completion\x12\x18\n" +
 	"\acontent\x18\x01 \x01(\tR\acontent\x12@\n" +
@@ -1602,25 +2801,39 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\battempts\x18\a \x03(\v2\x16.llmgateway.v1.AttemptR\battempts\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x122\n" +
-	"\x15trimmed_message_count\x18\t \x01(\x03R\x13trimmedMessageCount\"\x9a\x01\n" +
+	"\x15trimmed_message_count\x18\t \x01(\x03R\x13trimmedMessageCount\x126\n" +
+	"\n" +
+	"tool_calls\x18\n" +
+	" \x03(\v2\x17.llmgateway.v1.ToolCallR\ttoolCalls\x12\x18\n" +
+	"\arefusal\x18\v \x01(\tR\arefusal\"\x8e\x03\n" +
 	"\x05Usage\x12*\n" +
 	"\x11input_token_count\x18\x01 \x01(\x03R\x0finputTokenCount\x12,\n" +
 	"\x12output_token_count\x18\x02 \x01(\x03R\x10outputTokenCount\x127\n" +
-	"\x18cached_input_token_count\x18\x03 \x01(\x03R\x15cachedInputTokenCount\"\x9f\x01\n" +
+	"\x18cached_input_token_count\x18\x03 \x01(\x03R\x15cachedInputTokenCount\x12@\n" +
+	"\x1dcache_write_input_token_count\x18\x04 \x01(\x03R\x19cacheWriteInputTokenCount\x12E\n" +
+	" cache_write_1h_input_token_count\x18\x05 \x01(\x03R\x1bcacheWrite1hInputTokenCount\x122\n" +
+	"\x15reasoning_token_count\x18\x06 \x01(\x03R\x13reasoningTokenCount\x125\n" +
+	"\x17image_input_token_count\x18\a \x01(\x03R\x14imageInputTokenCount\"\x99\x03\n" +
 	"\x04Cost\x12$\n" +
 	"\x0etotal_nano_usd\x18\x01 \x01(\x03R\ftotalNanoUsd\x12$\n" +
 	"\x0einput_nano_usd\x18\x02 \x01(\x03R\finputNanoUsd\x12&\n" +
 	"\x0foutput_nano_usd\x18\x03 \x01(\x03R\routputNanoUsd\x12#\n" +
-	"\rprice_version\x18\x04 \x01(\tR\fpriceVersion\"\xd2\x01\n" +
+	"\rprice_version\x18\x04 \x01(\tR\fpriceVersion\x12-\n" +
+	"\x13cache_read_nano_usd\x18\x05 \x01(\x03R\x10cacheReadNanoUsd\x124\n" +
+	"\x17cache_write_5m_nano_usd\x18\x06 \x01(\x03R\x13cacheWrite5mNanoUsd\x124\n" +
+	"\x17cache_write_1h_nano_usd\x18\a \x01(\x03R\x13cacheWrite1hNanoUsd\x12/\n" +
+	"\x14image_input_nano_usd\x18\b \x01(\x03R\x11imageInputNanoUsd\x12,\n" +
+	"\x12reasoning_nano_usd\x18\t \x01(\x03R\x10reasoningNanoUsd\"\xd2\x01\n" +
 	"\aAttempt\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
 	"\x0eupstream_model\x18\x02 \x01(\tR\rupstreamModel\x127\n" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x1d.llmgateway.v1.AttemptOutcomeR\aoutcome\x123\n" +
 	"\alatency\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"^\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x89\x01\n" +
 	"\x12CountTokensRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x122\n" +
-	"\bmessages\x18\x02 \x03(\v2\x16.llmgateway.v1.MessageR\bmessages\"\x94\x01\n" +
+	"\bmessages\x18\x02 \x03(\v2\x16.llmgateway.v1.MessageR\bmessages\x12)\n" +
+	"\x05tools\x18\x03 \x03(\v2\x13.llmgateway.v1.ToolR\x05tools\"\x94\x01\n" +
 	"\x13CountTokensResponse\x12*\n" +
 	"\x11input_token_count\x18\x01 \x01(\x03R\x0finputTokenCount\x12;\n" +
 	"\x1acontext_window_token_count\x18\x02 \x01(\x03R\x17contextWindowTokenCount\x12\x14\n" +
@@ -1637,24 +2850,31 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
 	"\x0eupstream_model\x18\x02 \x01(\tR\rupstreamModel\x12;\n" +
 	"\x1acontext_window_token_count\x18\x03 \x01(\x03R\x17contextWindowTokenCount\x12*\n" +
-	"\x05price\x18\x04 \x01(\v2\x14.llmgateway.v1.PriceR\x05price\"\x8b\x02\n" +
+	"\x05price\x18\x04 \x01(\v2\x14.llmgateway.v1.PriceR\x05price\"\xe2\x04\n" +
 	"\x05Price\x12G\n" +
 	"!input_nano_usd_per_million_tokens\x18\x01 \x01(\x03R\x1cinputNanoUsdPerMillionTokens\x12I\n" +
 	"\"output_nano_usd_per_million_tokens\x18\x02 \x01(\x03R\x1doutputNanoUsdPerMillionTokens\x12T\n" +
 	"(cached_input_nano_usd_per_million_tokens\x18\x03 \x01(\x03R\"cachedInputNanoUsdPerMillionTokens\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\tR\aversion*P\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12W\n" +
+	"*cache_write_5m_nano_usd_per_million_tokens\x18\x05 \x01(\x03R#cacheWrite5mNanoUsdPerMillionTokens\x12W\n" +
+	"*cache_write_1h_nano_usd_per_million_tokens\x18\x06 \x01(\x03R#cacheWrite1hNanoUsdPerMillionTokens\x12O\n" +
+	"%reasoning_nano_usd_per_million_tokens\x18\a \x01(\x03R reasoningNanoUsdPerMillionTokens\x12R\n" +
+	"'image_input_nano_usd_per_million_tokens\x18\b \x01(\x03R!imageInputNanoUsdPerMillionTokens*_\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n" +
 	"\vROLE_SYSTEM\x10\x01\x12\r\n" +
 	"\tROLE_USER\x10\x02\x12\x12\n" +
-	"\x0eROLE_ASSISTANT\x10\x03*\xb7\x01\n" +
+	"\x0eROLE_ASSISTANT\x10\x03\x12\r\n" +
+	"\tROLE_TOOL\x10\x04*\xf0\x01\n" +
 	"\fFinishReason\x12\x1d\n" +
 	"\x19FINISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12FINISH_REASON_STOP\x10\x01\x12\x18\n" +
 	"\x14FINISH_REASON_LENGTH\x10\x02\x12 \n" +
 	"\x1cFINISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n" +
 	"\x17FINISH_REASON_CANCELLED\x10\x04\x12\x17\n" +
-	"\x13FINISH_REASON_OTHER\x10\x05*c\n" +
+	"\x13FINISH_REASON_OTHER\x10\x05\x12\x1c\n" +
+	"\x18FINISH_REASON_TOOL_CALLS\x10\x06\x12\x19\n" +
+	"\x15FINISH_REASON_REFUSAL\x10\a*c\n" +
 	"\rContextPolicy\x12\x1e\n" +
 	"\x1aCONTEXT_POLICY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13CONTEXT_POLICY_TRIM\x10\x01\x12\x19\n" +
@@ -1673,7 +2893,27 @@ const file_llmgateway_v1_gateway_proto_rawDesc = "" +
 	"\x1cATTEMPT_OUTCOME_CIRCUIT_OPEN\x10\n" +
 	"\x12*\n" +
 	"&ATTEMPT_OUTCOME_SKIPPED_CONTEXT_WINDOW\x10\v\x12$\n" +
-	" ATTEMPT_OUTCOME_LOCAL_SATURATION\x10\f2\xe7\x02\n" +
+	" ATTEMPT_OUTCOME_LOCAL_SATURATION\x10\f*o\n" +
+	"\vImageDetail\x12\x1c\n" +
+	"\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n" +
+	"\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n" +
+	"\x11IMAGE_DETAIL_HIGH\x10\x03*I\n" +
+	"\bCacheTtl\x12\x19\n" +
+	"\x15CACHE_TTL_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fCACHE_TTL_5M\x10\x01\x12\x10\n" +
+	"\fCACHE_TTL_1H\x10\x02*\xa2\x01\n" +
+	"\x0eToolChoiceMode\x12 \n" +
+	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n" +
+	"\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_TOOL\x10\x04*\xa5\x01\n" +
+	"\x12ResponseFormatType\x12$\n" +
+	" RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n" +
+	" RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n" +
+	" RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x032\xe7\x02\n" +
 	"\x0eGatewayService\x12K\n" +
 	"\bComplete\x12\x1e.llmgateway.v1.CompleteRequest\x1a\x1f.llmgateway.v1.CompleteResponse\x12_\n" +
 	"\x0eStreamComplete\x12$.llmgateway.v1.StreamCompleteRequest\x1a%.llmgateway.v1.StreamCompleteResponse0\x01\x12T\n" +
@@ -1693,68 +2933,99 @@ func file_llmgateway_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_llmgateway_v1_gateway_proto_rawDescData
 }
 
-var file_llmgateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_llmgateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_llmgateway_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_llmgateway_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_llmgateway_v1_gateway_proto_goTypes = []any{
 	(Role)(0),                      // 0: llmgateway.v1.Role
 	(FinishReason)(0),              // 1: llmgateway.v1.FinishReason
 	(ContextPolicy)(0),             // 2: llmgateway.v1.ContextPolicy
 	(AttemptOutcome)(0),            // 3: llmgateway.v1.AttemptOutcome
-	(*Message)(nil),                // 4: llmgateway.v1.Message
-	(*CompleteRequest)(nil),        // 5: llmgateway.v1.CompleteRequest
-	(*CompleteResponse)(nil),       // 6: llmgateway.v1.CompleteResponse
-	(*StreamCompleteRequest)(nil),  // 7: llmgateway.v1.StreamCompleteRequest
-	(*StreamCompleteResponse)(nil), // 8: llmgateway.v1.StreamCompleteResponse
-	(*Delta)(nil),                  // 9: llmgateway.v1.Delta
-	(*Completion)(nil),             // 10: llmgateway.v1.Completion
-	(*Usage)(nil),                  // 11: llmgateway.v1.Usage
-	(*Cost)(nil),                   // 12: llmgateway.v1.Cost
-	(*Attempt)(nil),                // 13: llmgateway.v1.Attempt
-	(*CountTokensRequest)(nil),     // 14: llmgateway.v1.CountTokensRequest
-	(*CountTokensResponse)(nil),    // 15: llmgateway.v1.CountTokensResponse
-	(*ListModelsRequest)(nil),      // 16: llmgateway.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),     // 17: llmgateway.v1.ListModelsResponse
-	(*Model)(nil),                  // 18: llmgateway.v1.Model
-	(*Target)(nil),                 // 19: llmgateway.v1.Target
-	(*Price)(nil),                  // 20: llmgateway.v1.Price
-	nil,                            // 21: llmgateway.v1.CompleteRequest.TagsEntry
-	nil,                            // 22: llmgateway.v1.StreamCompleteRequest.TagsEntry
-	(*durationpb.Duration)(nil),    // 23: google.protobuf.Duration
+	(ImageDetail)(0),               // 4: llmgateway.v1.ImageDetail
+	(CacheTtl)(0),                  // 5: llmgateway.v1.CacheTtl
+	(ToolChoiceMode)(0),            // 6: llmgateway.v1.ToolChoiceMode
+	(ResponseFormatType)(0),        // 7: llmgateway.v1.ResponseFormatType
+	(*Message)(nil),                // 8: llmgateway.v1.Message
+	(*ContentPart)(nil),            // 9: llmgateway.v1.ContentPart
+	(*Image)(nil),                  // 10: llmgateway.v1.Image
+	(*CacheControl)(nil),           // 11: llmgateway.v1.CacheControl
+	(*ToolCall)(nil),               // 12: llmgateway.v1.ToolCall
+	(*Tool)(nil),                   // 13: llmgateway.v1.Tool
+	(*ToolChoice)(nil),             // 14: llmgateway.v1.ToolChoice
+	(*ResponseFormat)(nil),         // 15: llmgateway.v1.ResponseFormat
+	(*CompleteRequest)(nil),        // 16: llmgateway.v1.CompleteRequest
+	(*CompleteResponse)(nil),       // 17: llmgateway.v1.CompleteResponse
+	(*StreamCompleteRequest)(nil),  // 18: llmgateway.v1.StreamCompleteRequest
+	(*StreamCompleteResponse)(nil), // 19: llmgateway.v1.StreamCompleteResponse
+	(*Delta)(nil),                  // 20: llmgateway.v1.Delta
+	(*ToolCallDelta)(nil),          // 21: llmgateway.v1.ToolCallDelta
+	(*Completion)(nil),             // 22: llmgateway.v1.Completion
+	(*Usage)(nil),                  // 23: llmgateway.v1.Usage
+	(*Cost)(nil),                   // 24: llmgateway.v1.Cost
+	(*Attempt)(nil),                // 25: llmgateway.v1.Attempt
+	(*CountTokensRequest)(nil),     // 26: llmgateway.v1.CountTokensRequest
+	(*CountTokensResponse)(nil),    // 27: llmgateway.v1.CountTokensResponse
+	(*ListModelsRequest)(nil),      // 28: llmgateway.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),     // 29: llmgateway.v1.ListModelsResponse
+	(*Model)(nil),                  // 30: llmgateway.v1.Model
+	(*Target)(nil),                 // 31: llmgateway.v1.Target
+	(*Price)(nil),                  // 32: llmgateway.v1.Price
+	nil,                            // 33: llmgateway.v1.CompleteRequest.TagsEntry
+	nil,                            // 34: llmgateway.v1.StreamCompleteRequest.TagsEntry
+	(*durationpb.Duration)(nil),    // 35: google.protobuf.Duration
 }
 var file_llmgateway_v1_gateway_proto_depIdxs = []int32{
 	0,  // 0: llmgateway.v1.Message.role:type_name -> llmgateway.v1.Role
-	4,  // 1: llmgateway.v1.CompleteRequest.messages:type_name -> llmgateway.v1.Message
-	21, // 2: llmgateway.v1.CompleteRequest.tags:type_name -> llmgateway.v1.CompleteRequest.TagsEntry
-	2,  // 3: llmgateway.v1.CompleteRequest.context_policy:type_name -> llmgateway.v1.ContextPolicy
-	10, // 4: llmgateway.v1.CompleteResponse.completion:type_name -> llmgateway.v1.Completion
-	4,  // 5: llmgateway.v1.StreamCompleteRequest.messages:type_name -> llmgateway.v1.Message
-	22, // 6: llmgateway.v1.StreamCompleteRequest.tags:type_name -> llmgateway.v1.StreamCompleteRequest.TagsEntry
-	2,  // 7: llmgateway.v1.StreamCompleteRequest.context_policy:type_name -> llmgateway.v1.ContextPolicy
-	9,  // 8: llmgateway.v1.StreamCompleteResponse.delta:type_name -> llmgateway.v1.Delta
-	10, // 9: llmgateway.v1.StreamCompleteResponse.result:type_name -> llmgateway.v1.Completion
-	1,  // 10: llmgateway.v1.Completion.finish_reason:type_name -> llmgateway.v1.FinishReason
-	11, // 11: llmgateway.v1.Completion.usage:type_name -> llmgateway.v1.Usage
-	12, // 12: llmgateway.v1.Completion.cost:type_name -> llmgateway.v1.Cost
-	13, // 13: llmgateway.v1.Completion.attempts:type_name -> llmgateway.v1.Attempt
-	3,  // 14: llmgateway.v1.Attempt.outcome:type_name -> llmgateway.v1.AttemptOutcome
-	23, // 15: llmgateway.v1.Attempt.latency:type_name -> google.protobuf.Duration
-	4,  // 16: llmgateway.v1.CountTokensRequest.messages:type_name -> llmgateway.v1.Message
-	18, // 17: llmgateway.v1.ListModelsResponse.models:type_name -> llmgateway.v1.Model
-	19, // 18: llmgateway.v1.Model.targets:type_name -> llmgateway.v1.Target
-	20, // 19: llmgateway.v1.Target.price:type_name -> llmgateway.v1.Price
-	5,  // 20: llmgateway.v1.GatewayService.Complete:input_type -> llmgateway.v1.CompleteRequest
-	7,  // 21: llmgateway.v1.GatewayService.StreamComplete:input_type -> llmgateway.v1.StreamCompleteRequest
-	14, // 22: llmgateway.v1.GatewayService.CountTokens:input_type -> llmgateway.v1.CountTokensRequest
-	16, // 23: llmgateway.v1.GatewayService.ListModels:input_type -> llmgateway.v1.ListModelsRequest
-	6,  // 24: llmgateway.v1.GatewayService.Complete:output_type -> llmgateway.v1.CompleteResponse
-	8,  // 25: llmgateway.v1.GatewayService.StreamComplete:output_type -> llmgateway.v1.StreamCompleteResponse
-	15, // 26: llmgateway.v1.GatewayService.CountTokens:output_type -> llmgateway.v1.CountTokensResponse
-	17, // 27: llmgateway.v1.GatewayService.ListModels:output_type -> llmgateway.v1.ListModelsResponse
-	24, // [24:28] is the sub-list for method output_type
-	20, // [20:24] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	9,  // 1: llmgateway.v1.Message.parts:type_name -> llmgateway.v1.ContentPart
+	12, // 2: llmgateway.v1.Message.tool_calls:type_name -> llmgateway.v1.ToolCall
+	11, // 3: llmgateway.v1.Message.cache_control:type_name -> llmgateway.v1.CacheControl
+	10, // 4: llmgateway.v1.ContentPart.image:type_name -> llmgateway.v1.Image
+	11, // 5: llmgateway.v1.ContentPart.cache_control:type_name -> llmgateway.v1.CacheControl
+	4,  // 6: llmgateway.v1.Image.detail:type_name -> llmgateway.v1.ImageDetail
+	5,  // 7: llmgateway.v1.CacheControl.ttl:type_name -> llmgateway.v1.CacheTtl
+	11, // 8: llmgateway.v1.Tool.cache_control:type_name -> llmgateway.v1.CacheControl
+	6,  // 9: llmgateway.v1.ToolChoice.mode:type_name -> llmgateway.v1.ToolChoiceMode
+	7,  // 10: llmgateway.v1.ResponseFormat.type:type_name -> llmgateway.v1.ResponseFormatType
+	8,  // 11: llmgateway.v1.CompleteRequest.messages:type_name -> llmgateway.v1.Message
+	33, // 12: llmgateway.v1.CompleteRequest.tags:type_name -> llmgateway.v1.CompleteRequest.TagsEntry
+	2,  // 13: llmgateway.v1.CompleteRequest.context_policy:type_name -> llmgateway.v1.ContextPolicy
+	13, // 14: llmgateway.v1.CompleteRequest.tools:type_name -> llmgateway.v1.Tool
+	14, // 15: llmgateway.v1.CompleteRequest.tool_choice:type_name -> llmgateway.v1.ToolChoice
+	15, // 16: llmgateway.v1.CompleteRequest.response_format:type_name -> llmgateway.v1.ResponseFormat
+	22, // 17: llmgateway.v1.CompleteResponse.completion:type_name -> llmgateway.v1.Completion
+	8,  // 18: llmgateway.v1.StreamCompleteRequest.messages:type_name -> llmgateway.v1.Message
+	34, // 19: llmgateway.v1.StreamCompleteRequest.tags:type_name -> llmgateway.v1.StreamCompleteRequest.TagsEntry
+	2,  // 20: llmgateway.v1.StreamCompleteRequest.context_policy:type_name -> llmgateway.v1.ContextPolicy
+	13, // 21: llmgateway.v1.StreamCompleteRequest.tools:type_name -> llmgateway.v1.Tool
+	14, // 22: llmgateway.v1.StreamCompleteRequest.tool_choice:type_name -> llmgateway.v1.ToolChoice
+	15, // 23: llmgateway.v1.StreamCompleteRequest.response_format:type_name -> llmgateway.v1.ResponseFormat
+	20, // 24: llmgateway.v1.StreamCompleteResponse.delta:type_name -> llmgateway.v1.Delta
+	22, // 25: llmgateway.v1.StreamCompleteResponse.result:type_name -> llmgateway.v1.Completion
+	21, // 26: llmgateway.v1.Delta.tool_call:type_name -> llmgateway.v1.ToolCallDelta
+	1,  // 27: llmgateway.v1.Completion.finish_reason:type_name -> llmgateway.v1.FinishReason
+	23, // 28: llmgateway.v1.Completion.usage:type_name -> llmgateway.v1.Usage
+	24, // 29: llmgateway.v1.Completion.cost:type_name -> llmgateway.v1.Cost
+	25, // 30: llmgateway.v1.Completion.attempts:type_name -> llmgateway.v1.Attempt
+	12, // 31: llmgateway.v1.Completion.tool_calls:type_name -> llmgateway.v1.ToolCall
+	3,  // 32: llmgateway.v1.Attempt.outcome:type_name -> llmgateway.v1.AttemptOutcome
+	35, // 33: llmgateway.v1.Attempt.latency:type_name -> google.protobuf.Duration
+	8,  // 34: llmgateway.v1.CountTokensRequest.messages:type_name -> llmgateway.v1.Message
+	13, // 35: llmgateway.v1.CountTokensRequest.tools:type_name -> llmgateway.v1.Tool
+	30, // 36: llmgateway.v1.ListModelsResponse.models:type_name -> llmgateway.v1.Model
+	31, // 37: llmgateway.v1.Model.targets:type_name -> llmgateway.v1.Target
+	32, // 38: llmgateway.v1.Target.price:type_name -> llmgateway.v1.Price
+	16, // 39: llmgateway.v1.GatewayService.Complete:input_type -> llmgateway.v1.CompleteRequest
+	18, // 40: llmgateway.v1.GatewayService.StreamComplete:input_type -> llmgateway.v1.StreamCompleteRequest
+	26, // 41: llmgateway.v1.GatewayService.CountTokens:input_type -> llmgateway.v1.CountTokensRequest
+	28, // 42: llmgateway.v1.GatewayService.ListModels:input_type -> llmgateway.v1.ListModelsRequest
+	17, // 43: llmgateway.v1.GatewayService.Complete:output_type -> llmgateway.v1.CompleteResponse
+	19, // 44: llmgateway.v1.GatewayService.StreamComplete:output_type -> llmgateway.v1.StreamCompleteResponse
+	27, // 45: llmgateway.v1.GatewayService.CountTokens:output_type -> llmgateway.v1.CountTokensResponse
+	29, // 46: llmgateway.v1.GatewayService.ListModels:output_type -> llmgateway.v1.ListModelsResponse
+	43, // [43:47] is the sub-list for method output_type
+	39, // [39:43] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_llmgateway_v1_gateway_proto_init() }
@@ -1762,9 +3033,17 @@ func file_llmgateway_v1_gateway_proto_init() {
 	if File_llmgateway_v1_gateway_proto != nil {
 		return
 	}
-	file_llmgateway_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{}
-	file_llmgateway_v1_gateway_proto_msgTypes[3].OneofWrappers = []any{}
-	file_llmgateway_v1_gateway_proto_msgTypes[4].OneofWrappers = []any{
+	file_llmgateway_v1_gateway_proto_msgTypes[1].OneofWrappers = []any{
+		(*ContentPart_Text)(nil),
+		(*ContentPart_Image)(nil),
+	}
+	file_llmgateway_v1_gateway_proto_msgTypes[2].OneofWrappers = []any{
+		(*Image_Data)(nil),
+		(*Image_Url)(nil),
+	}
+	file_llmgateway_v1_gateway_proto_msgTypes[8].OneofWrappers = []any{}
+	file_llmgateway_v1_gateway_proto_msgTypes[10].OneofWrappers = []any{}
+	file_llmgateway_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{
 		(*StreamCompleteResponse_Delta)(nil),
 		(*StreamCompleteResponse_Result)(nil),
 	}
@@ -1773,8 +3052,8 @@ func file_llmgateway_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_llmgateway_v1_gateway_proto_rawDesc), len(file_llmgateway_v1_gateway_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   19,
+			NumEnums:      8,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,8 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     """The end user."""
     ROLE_ASSISTANT: _Role.ValueType  # 3
     """The model's earlier answers."""
+    ROLE_TOOL: _Role.ValueType  # 4
+    """The result of a tool call the model made: `tool_call_id` names the call."""
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper):
     """Role is the author of a chat message."""
@@ -46,6 +48,8 @@ ROLE_USER: Role.ValueType  # 2
 """The end user."""
 ROLE_ASSISTANT: Role.ValueType  # 3
 """The model's earlier answers."""
+ROLE_TOOL: Role.ValueType  # 4
+"""The result of a tool call the model made: `tool_call_id` names the call."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _FinishReason:
@@ -66,6 +70,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The call was cancelled before the model finished."""
     FINISH_REASON_OTHER: _FinishReason.ValueType  # 5
     """The provider reported another reason."""
+    FINISH_REASON_TOOL_CALLS: _FinishReason.ValueType  # 6
+    """The model stopped to call one or more tools (`tool_calls` holds them)."""
+    FINISH_REASON_REFUSAL: _FinishReason.ValueType  # 7
+    """The model refused to answer (`refusal` holds its words, when it gave any)."""
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """FinishReason says why the model stopped producing output."""
@@ -82,6 +90,10 @@ FINISH_REASON_CANCELLED: FinishReason.ValueType  # 4
 """The call was cancelled before the model finished."""
 FINISH_REASON_OTHER: FinishReason.ValueType  # 5
 """The provider reported another reason."""
+FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 6
+"""The model stopped to call one or more tools (`tool_calls` holds them)."""
+FINISH_REASON_REFUSAL: FinishReason.ValueType  # 7
+"""The model refused to answer (`refusal` holds its words, when it gave any)."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _ContextPolicy:
@@ -178,35 +190,428 @@ against the target's circuit breaker).
 """
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
+class _ImageDetail:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImageDetailEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImageDetail.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMAGE_DETAIL_UNSPECIFIED: _ImageDetail.ValueType  # 0
+    """The provider's default."""
+    IMAGE_DETAIL_AUTO: _ImageDetail.ValueType  # 1
+    """The provider chooses."""
+    IMAGE_DETAIL_LOW: _ImageDetail.ValueType  # 2
+    """A low-resolution look, fewer tokens."""
+    IMAGE_DETAIL_HIGH: _ImageDetail.ValueType  # 3
+    """A high-resolution look."""
+
+class ImageDetail(_ImageDetail, metaclass=_ImageDetailEnumTypeWrapper):
+    """ImageDetail is how closely the model looks at an image."""
+
+IMAGE_DETAIL_UNSPECIFIED: ImageDetail.ValueType  # 0
+"""The provider's default."""
+IMAGE_DETAIL_AUTO: ImageDetail.ValueType  # 1
+"""The provider chooses."""
+IMAGE_DETAIL_LOW: ImageDetail.ValueType  # 2
+"""A low-resolution look, fewer tokens."""
+IMAGE_DETAIL_HIGH: ImageDetail.ValueType  # 3
+"""A high-resolution look."""
+Global___ImageDetail: _TypeAlias = ImageDetail  # noqa: Y015
+
+class _CacheTtl:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheTtlEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheTtl.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_TTL_UNSPECIFIED: _CacheTtl.ValueType  # 0
+    """Five minutes."""
+    CACHE_TTL_5M: _CacheTtl.ValueType  # 1
+    """Five minutes (written at the 5-minute cache-write price)."""
+    CACHE_TTL_1H: _CacheTtl.ValueType  # 2
+    """One hour (written at the 1-hour cache-write price)."""
+
+class CacheTtl(_CacheTtl, metaclass=_CacheTtlEnumTypeWrapper):
+    """CacheTtl is how long a cached prompt prefix lives."""
+
+CACHE_TTL_UNSPECIFIED: CacheTtl.ValueType  # 0
+"""Five minutes."""
+CACHE_TTL_5M: CacheTtl.ValueType  # 1
+"""Five minutes (written at the 5-minute cache-write price)."""
+CACHE_TTL_1H: CacheTtl.ValueType  # 2
+"""One hour (written at the 1-hour cache-write price)."""
+Global___CacheTtl: _TypeAlias = CacheTtl  # noqa: Y015
+
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """The provider's default (auto when tools are given)."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model calls no tool."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model calls at least one tool."""
+    TOOL_CHOICE_MODE_TOOL: _ToolChoiceMode.ValueType  # 4
+    """The model calls the tool named in ToolChoice.name."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """ToolChoiceMode is whether the model may, must or must not call tools."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""The provider's default (auto when tools are given)."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model calls no tool."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model calls at least one tool."""
+TOOL_CHOICE_MODE_TOOL: ToolChoiceMode.ValueType  # 4
+"""The model calls the tool named in ToolChoice.name."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
+class _ResponseFormatType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResponseFormatTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResponseFormatType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESPONSE_FORMAT_TYPE_UNSPECIFIED: _ResponseFormatType.ValueType  # 0
+    """Text."""
+    RESPONSE_FORMAT_TYPE_TEXT: _ResponseFormatType.ValueType  # 1
+    """Text."""
+    RESPONSE_FORMAT_TYPE_JSON_OBJECT: _ResponseFormatType.ValueType  # 2
+    """Any JSON object."""
+    RESPONSE_FORMAT_TYPE_JSON_SCHEMA: _ResponseFormatType.ValueType  # 3
+    """JSON matching ResponseFormat.schema, with the provider's native structured output."""
+
+class ResponseFormatType(_ResponseFormatType, metaclass=_ResponseFormatTypeEnumTypeWrapper):
+    """ResponseFormatType is the shape of the output."""
+
+RESPONSE_FORMAT_TYPE_UNSPECIFIED: ResponseFormatType.ValueType  # 0
+"""Text."""
+RESPONSE_FORMAT_TYPE_TEXT: ResponseFormatType.ValueType  # 1
+"""Text."""
+RESPONSE_FORMAT_TYPE_JSON_OBJECT: ResponseFormatType.ValueType  # 2
+"""Any JSON object."""
+RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType.ValueType  # 3
+"""JSON matching ResponseFormat.schema, with the provider's native structured output."""
+Global___ResponseFormatType: _TypeAlias = ResponseFormatType  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
-    """Message is one turn of a chat conversation."""
+    """Message is one turn of a chat conversation.
+
+    Its content is either plain text (`content`) or a list of parts (`parts`: text and
+    images), never both. An assistant message may carry the tool calls the model made; a
+    ROLE_TOOL message answers one of them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     role: Global___Role.ValueType
     """Who wrote the message. Required."""
     content: _builtins.str
     """The text of the message."""
     name: _builtins.str
     """Optional name of the participant, passed to providers that support it."""
+    tool_call_id: _builtins.str
+    """ROLE_TOOL only: the id of the tool call this message answers. Required there."""
+    is_error: _builtins.bool
+    """ROLE_TOOL only: the tool failed; `content` says how."""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The content as parts, in order (instead of `content`). Images only in ROLE_USER
+        messages; a ROLE_TOOL message takes text parts only.
+        """
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """ROLE_ASSISTANT only: the tool calls the model made in this turn, as the gateway
+        returned them.
+        """
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """A prompt-cache breakpoint after this message's `content` (for parts, set it on the
+        part). Used by providers with explicit caching (Anthropic); ignored by the others.
+        """
+
     def __init__(
         self,
         *,
         role: Global___Role.ValueType = ...,
         content: _builtins.str = ...,
         name: _builtins.str = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
+        is_error: _builtins.bool = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "content", b"content", "is_error", b"is_error", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ContentPart(_message.Message):
+    """ContentPart is one piece of a message's content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """An image (ROLE_USER messages only)."""
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """A prompt-cache breakpoint after this part."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___Image | None = ...,
+        cache_control: Global___CacheControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "image", b"image", "part", b"part", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """Image is an image given to the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The image file's bytes: PNG, JPEG, GIF or WebP, checked against `media_type`."""
+    url: _builtins.str
+    """An https URL the provider fetches, or a `data:<media type>;base64,` URL (decoded
+    and checked as `data` is).
+    """
+    media_type: _builtins.str
+    """The media type: image/png, image/jpeg, image/gif or image/webp. Required with
+    `data`; for an https URL, optional.
+    """
+    detail: Global___ImageDetail.ValueType
+    """How closely the model looks (providers without the setting ignore it)."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        url: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        detail: Global___ImageDetail.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "detail", b"detail", "media_type", b"media_type", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["data", "url"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class CacheControl(_message.Message):
+    """CacheControl marks a prompt-cache breakpoint: the prompt up to here may be cached."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    ttl: Global___CacheTtl.ValueType
+    """How long the cached prefix lives."""
+    def __init__(
+        self,
+        *,
+        ttl: Global___CacheTtl.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one call of a tool by the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_INVALID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The gateway's id of the call (the same whichever provider made it): a ROLE_TOOL
+    message answers it by this id.
+    """
+    name: _builtins.str
+    """The tool's name."""
+    arguments: _builtins.str
+    """The arguments as JSON text, exactly as the model produced them ("{}" when it gave
+    none).
+    """
+    arguments_invalid: _builtins.bool
+    """True when `arguments` is not valid JSON (a truncated or malformed answer): delivered
+    as produced, never repaired. Always false in requests.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+        arguments_invalid: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "arguments_invalid", b"arguments_invalid", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tool's name: 1-64 of A-Z a-z 0-9 _ -. Required, unique in a request."""
+    description: _builtins.str
+    """What the tool does, for the model."""
+    parameters: _builtins.str
+    """The JSON Schema of the arguments, as JSON text (an object). Sent to the provider
+    byte for byte: key order, $defs/$ref and big integers survive. Empty: no arguments.
+    """
+    strict: _builtins.bool
+    """Ask the provider to make the arguments match the schema exactly."""
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """A prompt-cache breakpoint after this tool's definition."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+        cache_control: Global___CacheControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice says whether and which tools the model must call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DISABLE_PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """Whether the model may, must or must not call tools."""
+    name: _builtins.str
+    """With TOOL_CHOICE_MODE_TOOL: the tool it must call."""
+    disable_parallel_tool_calls: _builtins.bool
+    """At most one tool call per answer (parallel calls are allowed by default)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        name: _builtins.str = ...,
+        disable_parallel_tool_calls: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disable_parallel_tool_calls", b"disable_parallel_tool_calls", "mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat asks for output in a given shape."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    type: Global___ResponseFormatType.ValueType
+    """The shape."""
+    name: _builtins.str
+    """JSON schema only: the schema's name (1-64 of A-Z a-z 0-9 _ -)."""
+    schema: _builtins.str
+    """JSON schema only: the schema as JSON text (an object), sent byte for byte."""
+    strict: _builtins.bool
+    """JSON schema only: ask the provider to follow the schema exactly."""
+    def __init__(
+        self,
+        *,
+        type: Global___ResponseFormatType.ValueType = ...,
+        name: _builtins.str = ...,
+        schema: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
 class CompleteRequest(_message.Message):
@@ -243,6 +648,9 @@ class CompleteRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CONTEXT_POLICY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The logical model name (the route), e.g. "default". Required."""
     max_tokens: _builtins.int
@@ -269,6 +677,20 @@ class CompleteRequest(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels recorded with the usage for cost attribution (at most 32)."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call (at most 128)."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tools the model must call. Requires `tools` unless its mode is
+        unset or NONE.
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The shape of the output."""
+
     def __init__(
         self,
         *,
@@ -281,10 +703,13 @@ class CompleteRequest(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         context_policy: Global___ContextPolicy.ValueType = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "response_format", b"response_format", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "context_policy", b"context_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "request_id", b"request_id", "stop", b"stop", "tags", b"tags", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "context_policy", b"context_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "request_id", b"request_id", "response_format", b"response_format", "stop", b"stop", "tags", b"tags", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -362,6 +787,9 @@ class StreamCompleteRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CONTEXT_POLICY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The logical model name (the route), e.g. "default". Required."""
     max_tokens: _builtins.int
@@ -388,6 +816,20 @@ class StreamCompleteRequest(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels recorded with the usage for cost attribution (at most 32)."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call (at most 128)."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tools the model must call. Requires `tools` unless its mode is
+        unset or NONE.
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The shape of the output."""
+
     def __init__(
         self,
         *,
@@ -400,10 +842,13 @@ class StreamCompleteRequest(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         context_policy: Global___ContextPolicy.ValueType = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "response_format", b"response_format", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "context_policy", b"context_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "request_id", b"request_id", "stop", b"stop", "tags", b"tags", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "context_policy", b"context_policy", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "request_id", b"request_id", "response_format", b"response_format", "stop", b"stop", "tags", b"tags", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -454,25 +899,73 @@ Global___StreamCompleteResponse: _TypeAlias = StreamCompleteResponse  # noqa: Y0
 
 @_typing.final
 class Delta(_message.Message):
-    """Delta is a piece of generated text."""
+    """Delta is a piece of generated output: text, a fragment of a tool call, or of a
+    refusal.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The new text."""
+    refusal: _builtins.str
+    """New text of the model's refusal."""
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """A fragment of a tool call: the first fragment of a call carries its index, id and
+        name; the following ones (same index) carry pieces of its arguments.
+        """
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Delta: _TypeAlias = Delta  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is a fragment of a tool call being streamed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The call's position in Completion.tool_calls."""
+    id: _builtins.str
+    """The call's id (first fragment only)."""
+    name: _builtins.str
+    """The tool's name (first fragment only)."""
+    arguments: _builtins.str
+    """The next piece of the arguments' JSON text."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class Completion(_message.Message):
@@ -489,6 +982,8 @@ class Completion(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TRIMMED_MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The generated text (for streams, the concatenation of every delta)."""
     finish_reason: Global___FinishReason.ValueType
@@ -501,6 +996,8 @@ class Completion(_message.Message):
     """The ledger key of this call (the client's, or the one the gateway generated)."""
     trimmed_message_count: _builtins.int
     """How many messages the context-window policy removed from the prompt."""
+    refusal: _builtins.str
+    """The model's refusal, when it refused (finish reason REFUSAL)."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens used, as reported by the provider (or counted by the gateway when the
@@ -515,6 +1012,10 @@ class Completion(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt made, in order, including failed ones."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tool calls the model made (finish reason TOOL_CALLS), in order."""
+
     def __init__(
         self,
         *,
@@ -527,10 +1028,12 @@ class Completion(_message.Message):
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         request_id: _builtins.str = ...,
         trimmed_message_count: _builtins.int = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "cost", b"cost", "finish_reason", b"finish_reason", "provider", b"provider", "request_id", b"request_id", "trimmed_message_count", b"trimmed_message_count", "upstream_model", b"upstream_model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "cost", b"cost", "finish_reason", b"finish_reason", "provider", b"provider", "refusal", b"refusal", "request_id", b"request_id", "tool_calls", b"tool_calls", "trimmed_message_count", b"trimmed_message_count", "upstream_model", b"upstream_model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,29 +1041,55 @@ Global___Completion: _TypeAlias = Completion  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
-    """Usage counts the tokens a call used."""
+    """Usage counts the tokens a call used, in the gateway's provider-neutral terms. The
+    input counts do not overlap: the prompt is input + cached input + cache writes. (OpenAI
+    reports prompt tokens including cached ones, Anthropic input tokens excluding cache
+    reads and writes; both are converted to these terms.)
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    REASONING_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    IMAGE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     input_token_count: _builtins.int
-    """Prompt tokens billed at the input price (excludes cached input tokens)."""
+    """Prompt tokens billed at the input price: neither read from nor written to the cache
+    (images included).
+    """
     output_token_count: _builtins.int
-    """Generated tokens."""
+    """Generated tokens, reasoning included."""
     cached_input_token_count: _builtins.int
-    """Prompt tokens served from the provider's cache, billed at the cached price."""
+    """Prompt tokens read from the provider's cache, billed at the cache-read price."""
+    cache_write_input_token_count: _builtins.int
+    """Prompt tokens written to the provider's cache, all TTLs (Anthropic reports them;
+    OpenAI writes its cache for free and reports none).
+    """
+    cache_write_1h_input_token_count: _builtins.int
+    """The part of cache_write_input_token_count written with the 1-hour TTL."""
+    reasoning_token_count: _builtins.int
+    """The part of output_token_count the model spent reasoning (OpenAI reports it;
+    Anthropic bills thinking as output without a separate count).
+    """
+    image_input_token_count: _builtins.int
+    """The part of input_token_count that images took, where the provider reports it."""
     def __init__(
         self,
         *,
         input_token_count: _builtins.int = ...,
         output_token_count: _builtins.int = ...,
         cached_input_token_count: _builtins.int = ...,
+        cache_write_input_token_count: _builtins.int = ...,
+        cache_write_1h_input_token_count: _builtins.int = ...,
+        reasoning_token_count: _builtins.int = ...,
+        image_input_token_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_token_count", b"cached_input_token_count", "input_token_count", b"input_token_count", "output_token_count", b"output_token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_1h_input_token_count", b"cache_write_1h_input_token_count", "cache_write_input_token_count", b"cache_write_input_token_count", "cached_input_token_count", b"cached_input_token_count", "image_input_token_count", b"image_input_token_count", "input_token_count", b"input_token_count", "output_token_count", b"output_token_count", "reasoning_token_count", b"reasoning_token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,7 +1097,10 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class Cost(_message.Message):
-    """Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD)."""
+    """Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD). Each line is
+    its tokens times its price, rounded up to a whole nano-USD; input_nano_usd is the sum
+    of the input lines, output_nano_usd of the output lines, total of both.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -576,14 +1108,29 @@ class Cost(_message.Message):
     INPUT_NANO_USD_FIELD_NUMBER: _builtins.int
     OUTPUT_NANO_USD_FIELD_NUMBER: _builtins.int
     PRICE_VERSION_FIELD_NUMBER: _builtins.int
+    CACHE_READ_NANO_USD_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_5M_NANO_USD_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_NANO_USD_FIELD_NUMBER: _builtins.int
+    IMAGE_INPUT_NANO_USD_FIELD_NUMBER: _builtins.int
+    REASONING_NANO_USD_FIELD_NUMBER: _builtins.int
     total_nano_usd: _builtins.int
     """Total cost of the call."""
     input_nano_usd: _builtins.int
-    """Part of the total for input (including cached input) tokens."""
+    """Part of the total for every input token: uncached, images, cache reads and writes."""
     output_nano_usd: _builtins.int
-    """Part of the total for output tokens."""
+    """Part of the total for output tokens, reasoning included."""
     price_version: _builtins.str
     """Version of the price table the cost was computed with."""
+    cache_read_nano_usd: _builtins.int
+    """Line of input_nano_usd: cache reads."""
+    cache_write_5m_nano_usd: _builtins.int
+    """Line of input_nano_usd: cache writes with the 5-minute TTL."""
+    cache_write_1h_nano_usd: _builtins.int
+    """Line of input_nano_usd: cache writes with the 1-hour TTL."""
+    image_input_nano_usd: _builtins.int
+    """Line of input_nano_usd: image input tokens."""
+    reasoning_nano_usd: _builtins.int
+    """Line of output_nano_usd: reasoning tokens."""
     def __init__(
         self,
         *,
@@ -591,10 +1138,15 @@ class Cost(_message.Message):
         input_nano_usd: _builtins.int = ...,
         output_nano_usd: _builtins.int = ...,
         price_version: _builtins.str = ...,
+        cache_read_nano_usd: _builtins.int = ...,
+        cache_write_5m_nano_usd: _builtins.int = ...,
+        cache_write_1h_nano_usd: _builtins.int = ...,
+        image_input_nano_usd: _builtins.int = ...,
+        reasoning_nano_usd: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_nano_usd", b"input_nano_usd", "output_nano_usd", b"output_nano_usd", "price_version", b"price_version", "total_nano_usd", b"total_nano_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_nano_usd", b"cache_read_nano_usd", "cache_write_1h_nano_usd", b"cache_write_1h_nano_usd", "cache_write_5m_nano_usd", b"cache_write_5m_nano_usd", "image_input_nano_usd", b"image_input_nano_usd", "input_nano_usd", b"input_nano_usd", "output_nano_usd", b"output_nano_usd", "price_version", b"price_version", "reasoning_nano_usd", b"reasoning_nano_usd", "total_nano_usd", b"total_nano_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -650,21 +1202,27 @@ class CountTokensRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The logical model name (the route). Required."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
         """The conversation to count."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the request would declare (their definitions count as input)."""
+
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         messages: _abc.Iterable[Global___Message] | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -827,14 +1385,26 @@ class Price(_message.Message):
     OUTPUT_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_5M_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    REASONING_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
+    IMAGE_INPUT_NANO_USD_PER_MILLION_TOKENS_FIELD_NUMBER: _builtins.int
     input_nano_usd_per_million_tokens: _builtins.int
     """Price of one million input tokens."""
     output_nano_usd_per_million_tokens: _builtins.int
     """Price of one million output tokens."""
     cached_input_nano_usd_per_million_tokens: _builtins.int
-    """Price of one million cached input tokens."""
+    """Price of one million cached input tokens (cache reads)."""
     version: _builtins.str
     """Version of this price entry."""
+    cache_write_5m_nano_usd_per_million_tokens: _builtins.int
+    """Price of one million input tokens written to the cache with the 5-minute TTL."""
+    cache_write_1h_nano_usd_per_million_tokens: _builtins.int
+    """Price of one million input tokens written to the cache with the 1-hour TTL."""
+    reasoning_nano_usd_per_million_tokens: _builtins.int
+    """Price of one million reasoning (output) tokens."""
+    image_input_nano_usd_per_million_tokens: _builtins.int
+    """Price of one million image input tokens."""
     def __init__(
         self,
         *,
@@ -842,10 +1412,14 @@ class Price(_message.Message):
         output_nano_usd_per_million_tokens: _builtins.int = ...,
         cached_input_nano_usd_per_million_tokens: _builtins.int = ...,
         version: _builtins.str = ...,
+        cache_write_5m_nano_usd_per_million_tokens: _builtins.int = ...,
+        cache_write_1h_nano_usd_per_million_tokens: _builtins.int = ...,
+        reasoning_nano_usd_per_million_tokens: _builtins.int = ...,
+        image_input_nano_usd_per_million_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_nano_usd_per_million_tokens", b"cached_input_nano_usd_per_million_tokens", "input_nano_usd_per_million_tokens", b"input_nano_usd_per_million_tokens", "output_nano_usd_per_million_tokens", b"output_nano_usd_per_million_tokens", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_1h_nano_usd_per_million_tokens", b"cache_write_1h_nano_usd_per_million_tokens", "cache_write_5m_nano_usd_per_million_tokens", b"cache_write_5m_nano_usd_per_million_tokens", "cached_input_nano_usd_per_million_tokens", b"cached_input_nano_usd_per_million_tokens", "image_input_nano_usd_per_million_tokens", b"image_input_nano_usd_per_million_tokens", "input_nano_usd_per_million_tokens", b"input_nano_usd_per_million_tokens", "output_nano_usd_per_million_tokens", b"output_nano_usd_per_million_tokens", "reasoning_nano_usd_per_million_tokens", b"reasoning_nano_usd_per_million_tokens", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

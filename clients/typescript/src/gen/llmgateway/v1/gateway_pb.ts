@@ -12,10 +12,14 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file llmgateway/v1/gateway.proto.
  */
 export const file_llmgateway_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("ChtsbG1nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SDWxsbWdhdGV3YXkudjEiSwoHTWVzc2FnZRIhCgRyb2xlGAEgASgOMhMubGxtZ2F0ZXdheS52MS5Sb2xlEg8KB2NvbnRlbnQYAiABKAkSDAoEbmFtZRgDIAEoCSL3AgoPQ29tcGxldGVSZXF1ZXN0Eg0KBW1vZGVsGAEgASgJEigKCG1lc3NhZ2VzGAIgAygLMhYubGxtZ2F0ZXdheS52MS5NZXNzYWdlEhcKCm1heF90b2tlbnMYAyABKANIAIgBARIYCgt0ZW1wZXJhdHVyZRgEIAEoAUgBiAEBEhIKBXRvcF9wGAUgASgBSAKIAQESDAoEc3RvcBgGIAMoCRI2CgR0YWdzGAcgAygLMigubGxtZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QuVGFnc0VudHJ5EhIKCnJlcXVlc3RfaWQYCCABKAkSNAoOY29udGV4dF9wb2xpY3kYCSABKA4yHC5sbG1nYXRld2F5LnYxLkNvbnRleHRQb2xpY3kaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcCJBChBDb21wbGV0ZVJlc3BvbnNlEi0KCmNvbXBsZXRpb24YASABKAsyGS5sbG1nYXRld2F5LnYxLkNvbXBsZXRpb24igwMKFVN0cmVhbUNvbXBsZXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIoCghtZXNzYWdlcxgCIAMoCzIWLmxsbWdhdGV3YXkudjEuTWVzc2FnZRIXCgptYXhfdG9rZW5zGAMgASgDSACIAQESGAoLdGVtcGVyYXR1cmUYBCABKAFIAYgBARISCgV0b3BfcBgFIAEoAUgCiAEBEgwKBHN0b3AYBiADKAkSPAoEdGFncxgHIAMoCzIuLmxsbWdhdGV3YXkudjEuU3RyZWFtQ29tcGxldGVSZXF1ZXN0LlRhZ3NFbnRyeRISCgpyZXF1ZXN0X2lkGAggASgJEjQKDmNvbnRleHRfcG9saWN5GAkgASgOMhwubGxtZ2F0ZXdheS52MS5Db250ZXh0UG9saWN5GisKCVRhZ3NFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg0KC19tYXhfdG9rZW5zQg4KDF90ZW1wZXJhdHVyZUIICgZfdG9wX3AidQoWU3RyZWFtQ29tcGxldGVSZXNwb25zZRIlCgVkZWx0YRgBIAEoCzIULmxsbWdhdGV3YXkudjEuRGVsdGFIABIrCgZyZXN1bHQYAiABKAsyGS5sbG1nYXRld2F5LnYxLkNvbXBsZXRpb25IAEIHCgVldmVudCIVCgVEZWx0YRIMCgR0ZXh0GAEgASgJIqACCgpDb21wbGV0aW9uEg8KB2NvbnRlbnQYASABKAkSMgoNZmluaXNoX3JlYXNvbhgCIAEoDjIbLmxsbWdhdGV3YXkudjEuRmluaXNoUmVhc29uEiMKBXVzYWdlGAMgASgLMhQubGxtZ2F0ZXdheS52MS5Vc2FnZRIhCgRjb3N0GAQgASgLMhMubGxtZ2F0ZXdheS52MS5Db3N0EhAKCHByb3ZpZGVyGAUgASgJEhYKDnVwc3RyZWFtX21vZGVsGAYgASgJEigKCGF0dGVtcHRzGAcgAygLMhYubGxtZ2F0ZXdheS52MS5BdHRlbXB0EhIKCnJlcXVlc3RfaWQYCCABKAkSHQoVdHJpbW1lZF9tZXNzYWdlX2NvdW50GAkgASgDImAKBVVzYWdlEhkKEWlucHV0X3Rva2VuX2NvdW50GAEgASgDEhoKEm91dHB1dF90b2tlbl9jb3VudBgCIAEoAxIgChhjYWNoZWRfaW5wdXRfdG9rZW5fY291bnQYAyABKAMiZgoEQ29zdBIWCg50b3RhbF9uYW5vX3VzZBgBIAEoAxIWCg5pbnB1dF9uYW5vX3VzZBgCIAEoAxIXCg9vdXRwdXRfbmFub191c2QYAyABKAMSFQoNcHJpY2VfdmVyc2lvbhgEIAEoCSKfAQoHQXR0ZW1wdBIQCghwcm92aWRlchgBIAEoCRIWCg51cHN0cmVhbV9tb2RlbBgCIAEoCRIuCgdvdXRjb21lGAMgASgOMh0ubGxtZ2F0ZXdheS52MS5BdHRlbXB0T3V0Y29tZRIqCgdsYXRlbmN5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBmRldGFpbBgFIAEoCSJNChJDb3VudFRva2Vuc1JlcXVlc3QSDQoFbW9kZWwYASABKAkSKAoIbWVzc2FnZXMYAiADKAsyFi5sbG1nYXRld2F5LnYxLk1lc3NhZ2UiYwoTQ291bnRUb2tlbnNSZXNwb25zZRIZChFpbnB1dF90b2tlbl9jb3VudBgBIAEoAxIiChpjb250ZXh0X3dpbmRvd190b2tlbl9jb3VudBgCIAEoAxINCgVleGFjdBgDIAEoCCITChFMaXN0TW9kZWxzUmVxdWVzdCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQubGxtZ2F0ZXdheS52MS5Nb2RlbCJ9CgVNb2RlbBIMCgRuYW1lGAEgASgJEiIKGmNvbnRleHRfd2luZG93X3Rva2VuX2NvdW50GAIgASgDEhoKEmRlZmF1bHRfbWF4X3Rva2VucxgDIAEoAxImCgd0YXJnZXRzGAQgAygLMhUubGxtZ2F0ZXdheS52MS5UYXJnZXQiewoGVGFyZ2V0EhAKCHByb3ZpZGVyGAEgASgJEhYKDnVwc3RyZWFtX21vZGVsGAIgASgJEiIKGmNvbnRleHRfd2luZG93X3Rva2VuX2NvdW50GAMgASgDEiMKBXByaWNlGAQgASgLMhQubGxtZ2F0ZXdheS52MS5QcmljZSKhAQoFUHJpY2USKQohaW5wdXRfbmFub191c2RfcGVyX21pbGxpb25fdG9rZW5zGAEgASgDEioKIm91dHB1dF9uYW5vX3VzZF9wZXJfbWlsbGlvbl90b2tlbnMYAiABKAMSMAooY2FjaGVkX2lucHV0X25hbm9fdXNkX3Blcl9taWxsaW9uX3Rva2VucxgDIAEoAxIPCgd2ZXJzaW9uGAQgASgJKlAKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg8KC1JPTEVfU1lTVEVNEAESDQoJUk9MRV9VU0VSEAISEgoOUk9MRV9BU1NJU1RBTlQQAyq3AQoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEiAKHEZJTklTSF9SRUFTT05fQ09OVEVOVF9GSUxURVIQAxIbChdGSU5JU0hfUkVBU09OX0NBTkNFTExFRBAEEhcKE0ZJTklTSF9SRUFTT05fT1RIRVIQBSpjCg1Db250ZXh0UG9saWN5Eh4KGkNPTlRFWFRfUE9MSUNZX1VOU1BFQ0lGSUVEEAASFwoTQ09OVEVYVF9QT0xJQ1lfVFJJTRABEhkKFUNPTlRFWFRfUE9MSUNZX1JFSkVDVBACKsoDCg5BdHRlbXB0T3V0Y29tZRIfChtBVFRFTVBUX09VVENPTUVfVU5TUEVDSUZJRUQQABIbChdBVFRFTVBUX09VVENPTUVfU1VDQ0VTUxABEiAKHEFUVEVNUFRfT1VUQ09NRV9SQVRFX0xJTUlURUQQAhIdChlBVFRFTVBUX09VVENPTUVfVFJBTlNJRU5UEAMSGwoXQVRURU1QVF9PVVRDT01FX1RJTUVPVVQQBBIkCiBBVFRFTVBUX09VVENPTUVfQ09OVEVYVF9UT09fTE9ORxAFEh4KGkFUVEVNUFRfT1VUQ09NRV9DUkVERU5USUFMEAYSIgoeQVRURU1QVF9PVVRDT01FX0NPTlRFTlRfUE9MSUNZEAcSHwobQVRURU1QVF9PVVRDT01FX0JBRF9SRVFVRVNUEAgSHQoZQVRURU1QVF9PVVRDT01FX0NBTkNFTExFRBAJEiAKHEFUVEVNUFRfT1VUQ09NRV9DSVJDVUlUX09QRU4QChIqCiZBVFRFTVBUX09VVENPTUVfU0tJUFBFRF9DT05URVhUX1dJTkRPVxALEiQKIEFUVEVNUFRfT1VUQ09NRV9MT0NBTF9TQVRVUkFUSU9OEAwy5wIKDkdhdGV3YXlTZXJ2aWNlEksKCENvbXBsZXRlEh4ubGxtZ2F0ZXdheS52MS5Db21wbGV0ZVJlcXVlc3QaHy5sbG1nYXRld2F5LnYxLkNvbXBsZXRlUmVzcG9uc2USXwoOU3RyZWFtQ29tcGxldGUSJC5sbG1nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVxdWVzdBolLmxsbWdhdGV3YXkudjEuU3RyZWFtQ29tcGxldGVSZXNwb25zZTABElQKC0NvdW50VG9rZW5zEiEubGxtZ2F0ZXdheS52MS5Db3VudFRva2Vuc1JlcXVlc3QaIi5sbG1nYXRld2F5LnYxLkNvdW50VG9rZW5zUmVzcG9uc2USUQoKTGlzdE1vZGVscxIgLmxsbWdhdGV3YXkudjEuTGlzdE1vZGVsc1JlcXVlc3QaIS5sbG1nYXRld2F5LnYxLkxpc3RNb2RlbHNSZXNwb25zZUJHWkVnaXRodWIuY29tL2xsbWdhdGV3YXkvbGxtZ2F0ZXdheS9jbGllbnRzL2dvL2xsbWdhdGV3YXl2MTtsbG1nYXRld2F5djFiBnByb3RvMw", [file_google_protobuf_duration]);
+  fileDesc("ChtsbG1nYXRld2F5L3YxL2dhdGV3YXkucHJvdG8SDWxsbWdhdGV3YXkudjEi/wEKB01lc3NhZ2USIQoEcm9sZRgBIAEoDjITLmxsbWdhdGV3YXkudjEuUm9sZRIPCgdjb250ZW50GAIgASgJEgwKBG5hbWUYAyABKAkSKQoFcGFydHMYBCADKAsyGi5sbG1nYXRld2F5LnYxLkNvbnRlbnRQYXJ0EisKCnRvb2xfY2FsbHMYBSADKAsyFy5sbG1nYXRld2F5LnYxLlRvb2xDYWxsEhQKDHRvb2xfY2FsbF9pZBgGIAEoCRIQCghpc19lcnJvchgHIAEoCBIyCg1jYWNoZV9jb250cm9sGAggASgLMhsubGxtZ2F0ZXdheS52MS5DYWNoZUNvbnRyb2wigAEKC0NvbnRlbnRQYXJ0Eg4KBHRleHQYASABKAlIABIlCgVpbWFnZRgCIAEoCzIULmxsbWdhdGV3YXkudjEuSW1hZ2VIABIyCg1jYWNoZV9jb250cm9sGAMgASgLMhsubGxtZ2F0ZXdheS52MS5DYWNoZUNvbnRyb2xCBgoEcGFydCJwCgVJbWFnZRIOCgRkYXRhGAEgASgMSAASDQoDdXJsGAIgASgJSAASEgoKbWVkaWFfdHlwZRgDIAEoCRIqCgZkZXRhaWwYBCABKA4yGi5sbG1nYXRld2F5LnYxLkltYWdlRGV0YWlsQggKBnNvdXJjZSI0CgxDYWNoZUNvbnRyb2wSJAoDdHRsGAEgASgOMhcubGxtZ2F0ZXdheS52MS5DYWNoZVR0bCJSCghUb29sQ2FsbBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhEKCWFyZ3VtZW50cxgDIAEoCRIZChFhcmd1bWVudHNfaW52YWxpZBgEIAEoCCKBAQoEVG9vbBIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEhIKCnBhcmFtZXRlcnMYAyABKAkSDgoGc3RyaWN0GAQgASgIEjIKDWNhY2hlX2NvbnRyb2wYBSABKAsyGy5sbG1nYXRld2F5LnYxLkNhY2hlQ29udHJvbCJsCgpUb29sQ2hvaWNlEisKBG1vZGUYASABKA4yHS5sbG1nYXRld2F5LnYxLlRvb2xDaG9pY2VNb2RlEgwKBG5hbWUYAiABKAkSIwobZGlzYWJsZV9wYXJhbGxlbF90b29sX2NhbGxzGAMgASgIIm8KDlJlc3BvbnNlRm9ybWF0Ei8KBHR5cGUYASABKA4yIS5sbG1nYXRld2F5LnYxLlJlc3BvbnNlRm9ybWF0VHlwZRIMCgRuYW1lGAIgASgJEg4KBnNjaGVtYRgDIAEoCRIOCgZzdHJpY3QYBCABKAgigwQKD0NvbXBsZXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIoCghtZXNzYWdlcxgCIAMoCzIWLmxsbWdhdGV3YXkudjEuTWVzc2FnZRIXCgptYXhfdG9rZW5zGAMgASgDSACIAQESGAoLdGVtcGVyYXR1cmUYBCABKAFIAYgBARISCgV0b3BfcBgFIAEoAUgCiAEBEgwKBHN0b3AYBiADKAkSNgoEdGFncxgHIAMoCzIoLmxsbWdhdGV3YXkudjEuQ29tcGxldGVSZXF1ZXN0LlRhZ3NFbnRyeRISCgpyZXF1ZXN0X2lkGAggASgJEjQKDmNvbnRleHRfcG9saWN5GAkgASgOMhwubGxtZ2F0ZXdheS52MS5Db250ZXh0UG9saWN5EiIKBXRvb2xzGAogAygLMhMubGxtZ2F0ZXdheS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkubGxtZ2F0ZXdheS52MS5Ub29sQ2hvaWNlEjYKD3Jlc3BvbnNlX2Zvcm1hdBgMIAEoCzIdLmxsbWdhdGV3YXkudjEuUmVzcG9uc2VGb3JtYXQaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcCJBChBDb21wbGV0ZVJlc3BvbnNlEi0KCmNvbXBsZXRpb24YASABKAsyGS5sbG1nYXRld2F5LnYxLkNvbXBsZXRpb24ijwQKFVN0cmVhbUNvbXBsZXRlUmVxdWVzdBINCgVtb2RlbBgBIAEoCRIoCghtZXNzYWdlcxgCIAMoCzIWLmxsbWdhdGV3YXkudjEuTWVzc2FnZRIXCgptYXhfdG9rZW5zGAMgASgDSACIAQESGAoLdGVtcGVyYXR1cmUYBCABKAFIAYgBARISCgV0b3BfcBgFIAEoAUgCiAEBEgwKBHN0b3AYBiADKAkSPAoEdGFncxgHIAMoCzIuLmxsbWdhdGV3YXkudjEuU3RyZWFtQ29tcGxldGVSZXF1ZXN0LlRhZ3NFbnRyeRISCgpyZXF1ZXN0X2lkGAggASgJEjQKDmNvbnRleHRfcG9saWN5GAkgASgOMhwubGxtZ2F0ZXdheS52MS5Db250ZXh0UG9saWN5EiIKBXRvb2xzGAogAygLMhMubGxtZ2F0ZXdheS52MS5Ub29sEi4KC3Rvb2xfY2hvaWNlGAsgASgLMhkubGxtZ2F0ZXdheS52MS5Ub29sQ2hvaWNlEjYKD3Jlc3BvbnNlX2Zvcm1hdBgMIAEoCzIdLmxsbWdhdGV3YXkudjEuUmVzcG9uc2VGb3JtYXQaKwoJVGFnc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDQoLX21heF90b2tlbnNCDgoMX3RlbXBlcmF0dXJlQggKBl90b3BfcCJ1ChZTdHJlYW1Db21wbGV0ZVJlc3BvbnNlEiUKBWRlbHRhGAEgASgLMhQubGxtZ2F0ZXdheS52MS5EZWx0YUgAEisKBnJlc3VsdBgCIAEoCzIZLmxsbWdhdGV3YXkudjEuQ29tcGxldGlvbkgAQgcKBWV2ZW50IlcKBURlbHRhEgwKBHRleHQYASABKAkSLwoJdG9vbF9jYWxsGAIgASgLMhwubGxtZ2F0ZXdheS52MS5Ub29sQ2FsbERlbHRhEg8KB3JlZnVzYWwYAyABKAkiSwoNVG9vbENhbGxEZWx0YRINCgVpbmRleBgBIAEoBRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhEKCWFyZ3VtZW50cxgEIAEoCSLeAgoKQ29tcGxldGlvbhIPCgdjb250ZW50GAEgASgJEjIKDWZpbmlzaF9yZWFzb24YAiABKA4yGy5sbG1nYXRld2F5LnYxLkZpbmlzaFJlYXNvbhIjCgV1c2FnZRgDIAEoCzIULmxsbWdhdGV3YXkudjEuVXNhZ2USIQoEY29zdBgEIAEoCzITLmxsbWdhdGV3YXkudjEuQ29zdBIQCghwcm92aWRlchgFIAEoCRIWCg51cHN0cmVhbV9tb2RlbBgGIAEoCRIoCghhdHRlbXB0cxgHIAMoCzIWLmxsbWdhdGV3YXkudjEuQXR0ZW1wdBISCgpyZXF1ZXN0X2lkGAggASgJEh0KFXRyaW1tZWRfbWVzc2FnZV9jb3VudBgJIAEoAxIrCgp0b29sX2NhbGxzGAogAygLMhcubGxtZ2F0ZXdheS52MS5Ub29sQ2FsbBIPCgdyZWZ1c2FsGAsgASgJIvEBCgVVc2FnZRIZChFpbnB1dF90b2tlbl9jb3VudBgBIAEoAxIaChJvdXRwdXRfdG9rZW5fY291bnQYAiABKAMSIAoYY2FjaGVkX2lucHV0X3Rva2VuX2NvdW50GAMgASgDEiUKHWNhY2hlX3dyaXRlX2lucHV0X3Rva2VuX2NvdW50GAQgASgDEigKIGNhY2hlX3dyaXRlXzFoX2lucHV0X3Rva2VuX2NvdW50GAUgASgDEh0KFXJlYXNvbmluZ190b2tlbl9jb3VudBgGIAEoAxIfChdpbWFnZV9pbnB1dF90b2tlbl9jb3VudBgHIAEoAyL/AQoEQ29zdBIWCg50b3RhbF9uYW5vX3VzZBgBIAEoAxIWCg5pbnB1dF9uYW5vX3VzZBgCIAEoAxIXCg9vdXRwdXRfbmFub191c2QYAyABKAMSFQoNcHJpY2VfdmVyc2lvbhgEIAEoCRIbChNjYWNoZV9yZWFkX25hbm9fdXNkGAUgASgDEh8KF2NhY2hlX3dyaXRlXzVtX25hbm9fdXNkGAYgASgDEh8KF2NhY2hlX3dyaXRlXzFoX25hbm9fdXNkGAcgASgDEhwKFGltYWdlX2lucHV0X25hbm9fdXNkGAggASgDEhoKEnJlYXNvbmluZ19uYW5vX3VzZBgJIAEoAyKfAQoHQXR0ZW1wdBIQCghwcm92aWRlchgBIAEoCRIWCg51cHN0cmVhbV9tb2RlbBgCIAEoCRIuCgdvdXRjb21lGAMgASgOMh0ubGxtZ2F0ZXdheS52MS5BdHRlbXB0T3V0Y29tZRIqCgdsYXRlbmN5GAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg4KBmRldGFpbBgFIAEoCSJxChJDb3VudFRva2Vuc1JlcXVlc3QSDQoFbW9kZWwYASABKAkSKAoIbWVzc2FnZXMYAiADKAsyFi5sbG1nYXRld2F5LnYxLk1lc3NhZ2USIgoFdG9vbHMYAyADKAsyEy5sbG1nYXRld2F5LnYxLlRvb2wiYwoTQ291bnRUb2tlbnNSZXNwb25zZRIZChFpbnB1dF90b2tlbl9jb3VudBgBIAEoAxIiChpjb250ZXh0X3dpbmRvd190b2tlbl9jb3VudBgCIAEoAxINCgVleGFjdBgDIAEoCCITChFMaXN0TW9kZWxzUmVxdWVzdCI6ChJMaXN0TW9kZWxzUmVzcG9uc2USJAoGbW9kZWxzGAEgAygLMhQubGxtZ2F0ZXdheS52MS5Nb2RlbCJ9CgVNb2RlbBIMCgRuYW1lGAEgASgJEiIKGmNvbnRleHRfd2luZG93X3Rva2VuX2NvdW50GAIgASgDEhoKEmRlZmF1bHRfbWF4X3Rva2VucxgDIAEoAxImCgd0YXJnZXRzGAQgAygLMhUubGxtZ2F0ZXdheS52MS5UYXJnZXQiewoGVGFyZ2V0EhAKCHByb3ZpZGVyGAEgASgJEhYKDnVwc3RyZWFtX21vZGVsGAIgASgJEiIKGmNvbnRleHRfd2luZG93X3Rva2VuX2NvdW50GAMgASgDEiMKBXByaWNlGAQgASgLMhQubGxtZ2F0ZXdheS52MS5QcmljZSLpAgoFUHJpY2USKQohaW5wdXRfbmFub191c2RfcGVyX21pbGxpb25fdG9rZW5zGAEgASgDEioKIm91dHB1dF9uYW5vX3VzZF9wZXJfbWlsbGlvbl90b2tlbnMYAiABKAMSMAooY2FjaGVkX2lucHV0X25hbm9fdXNkX3Blcl9taWxsaW9uX3Rva2VucxgDIAEoAxIPCgd2ZXJzaW9uGAQgASgJEjIKKmNhY2hlX3dyaXRlXzVtX25hbm9fdXNkX3Blcl9taWxsaW9uX3Rva2VucxgFIAEoAxIyCipjYWNoZV93cml0ZV8xaF9uYW5vX3VzZF9wZXJfbWlsbGlvbl90b2tlbnMYBiABKAMSLQolcmVhc29uaW5nX25hbm9fdXNkX3Blcl9taWxsaW9uX3Rva2VucxgHIAEoAxIvCidpbWFnZV9pbnB1dF9uYW5vX3VzZF9wZXJfbWlsbGlvbl90b2tlbnMYCCABKAMqXwoEUm9sZRIUChBST0xFX1VOU1BFQ0lGSUVEEAASDwoLUk9MRV9TWVNURU0QARINCglST0xFX1VTRVIQAhISCg5ST0xFX0FTU0lTVEFOVBADEg0KCVJPTEVfVE9PTBAEKvABCgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISIAocRklOSVNIX1JFQVNPTl9DT05URU5UX0ZJTFRFUhADEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAQSFwoTRklOSVNIX1JFQVNPTl9PVEhFUhAFEhwKGEZJTklTSF9SRUFTT05fVE9PTF9DQUxMUxAGEhkKFUZJTklTSF9SRUFTT05fUkVGVVNBTBAHKmMKDUNvbnRleHRQb2xpY3kSHgoaQ09OVEVYVF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIXChNDT05URVhUX1BPTElDWV9UUklNEAESGQoVQ09OVEVYVF9QT0xJQ1lfUkVKRUNUEAIqygMKDkF0dGVtcHRPdXRjb21lEh8KG0FUVEVNUFRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0FUVEVNUFRfT1VUQ09NRV9TVUNDRVNTEAESIAocQVRURU1QVF9PVVRDT01FX1JBVEVfTElNSVRFRBACEh0KGUFUVEVNUFRfT1VUQ09NRV9UUkFOU0lFTlQQAxIbChdBVFRFTVBUX09VVENPTUVfVElNRU9VVBAEEiQKIEFUVEVNUFRfT1VUQ09NRV9DT05URVhUX1RPT19MT05HEAUSHgoaQVRURU1QVF9PVVRDT01FX0NSRURFTlRJQUwQBhIiCh5BVFRFTVBUX09VVENPTUVfQ09OVEVOVF9QT0xJQ1kQBxIfChtBVFRFTVBUX09VVENPTUVfQkFEX1JFUVVFU1QQCBIdChlBVFRFTVBUX09VVENPTUVfQ0FOQ0VMTEVEEAkSIAocQVRURU1QVF9PVVRDT01FX0NJUkNVSVRfT1BFThAKEioKJkFUVEVNUFRfT1VUQ09NRV9TS0lQUEVEX0NPTlRFWFRfV0lORE9XEAsSJAogQVRURU1QVF9PVVRDT01FX0xPQ0FMX1NBVFVSQVRJT04QDCpvCgtJbWFnZURldGFpbBIcChhJTUFHRV9ERVRBSUxfVU5TUEVDSUZJRUQQABIVChFJTUFHRV9ERVRBSUxfQVVUTxABEhQKEElNQUdFX0RFVEFJTF9MT1cQAhIVChFJTUFHRV9ERVRBSUxfSElHSBADKkkKCENhY2hlVHRsEhkKFUNBQ0hFX1RUTF9VTlNQRUNJRklFRBAAEhAKDENBQ0hFX1RUTF81TRABEhAKDENBQ0hFX1RUTF8xSBACKqIBCg5Ub29sQ2hvaWNlTW9kZRIgChxUT09MX0NIT0lDRV9NT0RFX1VOU1BFQ0lGSUVEEAASGQoVVE9PTF9DSE9JQ0VfTU9ERV9BVVRPEAESGQoVVE9PTF9DSE9JQ0VfTU9ERV9OT05FEAISHQoZVE9PTF9DSE9JQ0VfTU9ERV9SRVFVSVJFRBADEhkKFVRPT0xfQ0hPSUNFX01PREVfVE9PTBAEKqUBChJSZXNwb25zZUZvcm1hdFR5cGUSJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfVU5TUEVDSUZJRUQQABIdChlSRVNQT05TRV9GT1JNQVRfVFlQRV9URVhUEAESJAogUkVTUE9OU0VfRk9STUFUX1RZUEVfSlNPTl9PQkpFQ1QQAhIkCiBSRVNQT05TRV9GT1JNQVRfVFlQRV9KU09OX1NDSEVNQRADMucCCg5HYXRld2F5U2VydmljZRJLCghDb21wbGV0ZRIeLmxsbWdhdGV3YXkudjEuQ29tcGxldGVSZXF1ZXN0Gh8ubGxtZ2F0ZXdheS52MS5Db21wbGV0ZVJlc3BvbnNlEl8KDlN0cmVhbUNvbXBsZXRlEiQubGxtZ2F0ZXdheS52MS5TdHJlYW1Db21wbGV0ZVJlcXVlc3QaJS5sbG1nYXRld2F5LnYxLlN0cmVhbUNvbXBsZXRlUmVzcG9uc2UwARJUCgtDb3VudFRva2VucxIhLmxsbWdhdGV3YXkudjEuQ291bnRUb2tlbnNSZXF1ZXN0GiIubGxtZ2F0ZXdheS52MS5Db3VudFRva2Vuc1Jlc3BvbnNlElEKCkxpc3RNb2RlbHMSIC5sbG1nYXRld2F5LnYxLkxpc3RNb2RlbHNSZXF1ZXN0GiEubGxtZ2F0ZXdheS52MS5MaXN0TW9kZWxzUmVzcG9uc2VCR1pFZ2l0aHViLmNvbS9sbG1nYXRld2F5L2xsbWdhdGV3YXkvY2xpZW50cy9nby9sbG1nYXRld2F5djE7bGxtZ2F0ZXdheXYxYgZwcm90bzM", [file_google_protobuf_duration]);
 
 /**
  * Message is one turn of a chat conversation.
+ *
+ * Its content is either plain text (`content`) or a list of parts (`parts`: text and
+ * images), never both. An assistant message may carry the tool calls the model made; a
+ * ROLE_TOOL message answers one of them.
  *
  * @generated from message llmgateway.v1.Message
  */
@@ -40,6 +44,44 @@ export type Message = Message$1<"llmgateway.v1.Message"> & {
    * @generated from field: string name = 3;
    */
   name: string;
+
+  /**
+   * The content as parts, in order (instead of `content`). Images only in ROLE_USER
+   * messages; a ROLE_TOOL message takes text parts only.
+   *
+   * @generated from field: repeated llmgateway.v1.ContentPart parts = 4;
+   */
+  parts: ContentPart[];
+
+  /**
+   * ROLE_ASSISTANT only: the tool calls the model made in this turn, as the gateway
+   * returned them.
+   *
+   * @generated from field: repeated llmgateway.v1.ToolCall tool_calls = 5;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * ROLE_TOOL only: the id of the tool call this message answers. Required there.
+   *
+   * @generated from field: string tool_call_id = 6;
+   */
+  toolCallId: string;
+
+  /**
+   * ROLE_TOOL only: the tool failed; `content` says how.
+   *
+   * @generated from field: bool is_error = 7;
+   */
+  isError: boolean;
+
+  /**
+   * A prompt-cache breakpoint after this message's `content` (for parts, set it on the
+   * part). Used by providers with explicit caching (Anthropic); ignored by the others.
+   *
+   * @generated from field: llmgateway.v1.CacheControl cache_control = 8;
+   */
+  cacheControl?: CacheControl | undefined;
 };
 
 /**
@@ -48,6 +90,296 @@ export type Message = Message$1<"llmgateway.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_llmgateway_v1_gateway, 0);
+
+/**
+ * ContentPart is one piece of a message's content.
+ *
+ * @generated from message llmgateway.v1.ContentPart
+ */
+export type ContentPart = Message$1<"llmgateway.v1.ContentPart"> & {
+  /**
+   * The piece.
+   *
+   * @generated from oneof llmgateway.v1.ContentPart.part
+   */
+  part: {
+    /**
+     * Text.
+     *
+     * @generated from field: string text = 1;
+     */
+    value: string;
+    case: "text";
+  } | {
+    /**
+     * An image (ROLE_USER messages only).
+     *
+     * @generated from field: llmgateway.v1.Image image = 2;
+     */
+    value: Image;
+    case: "image";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * A prompt-cache breakpoint after this part.
+   *
+   * @generated from field: llmgateway.v1.CacheControl cache_control = 3;
+   */
+  cacheControl?: CacheControl | undefined;
+};
+
+/**
+ * Describes the message llmgateway.v1.ContentPart.
+ * Use `create(ContentPartSchema)` to create a new message.
+ */
+export const ContentPartSchema: GenMessage<ContentPart> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 1);
+
+/**
+ * Image is an image given to the model.
+ *
+ * @generated from message llmgateway.v1.Image
+ */
+export type Image = Message$1<"llmgateway.v1.Image"> & {
+  /**
+   * Where the image comes from.
+   *
+   * @generated from oneof llmgateway.v1.Image.source
+   */
+  source: {
+    /**
+     * The image file's bytes: PNG, JPEG, GIF or WebP, checked against `media_type`.
+     *
+     * @generated from field: bytes data = 1;
+     */
+    value: Uint8Array;
+    case: "data";
+  } | {
+    /**
+     * An https URL the provider fetches, or a `data:<media type>;base64,` URL (decoded
+     * and checked as `data` is).
+     *
+     * @generated from field: string url = 2;
+     */
+    value: string;
+    case: "url";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The media type: image/png, image/jpeg, image/gif or image/webp. Required with
+   * `data`; for an https URL, optional.
+   *
+   * @generated from field: string media_type = 3;
+   */
+  mediaType: string;
+
+  /**
+   * How closely the model looks (providers without the setting ignore it).
+   *
+   * @generated from field: llmgateway.v1.ImageDetail detail = 4;
+   */
+  detail: ImageDetail;
+};
+
+/**
+ * Describes the message llmgateway.v1.Image.
+ * Use `create(ImageSchema)` to create a new message.
+ */
+export const ImageSchema: GenMessage<Image> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 2);
+
+/**
+ * CacheControl marks a prompt-cache breakpoint: the prompt up to here may be cached.
+ *
+ * @generated from message llmgateway.v1.CacheControl
+ */
+export type CacheControl = Message$1<"llmgateway.v1.CacheControl"> & {
+  /**
+   * How long the cached prefix lives.
+   *
+   * @generated from field: llmgateway.v1.CacheTtl ttl = 1;
+   */
+  ttl: CacheTtl;
+};
+
+/**
+ * Describes the message llmgateway.v1.CacheControl.
+ * Use `create(CacheControlSchema)` to create a new message.
+ */
+export const CacheControlSchema: GenMessage<CacheControl> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 3);
+
+/**
+ * ToolCall is one call of a tool by the model.
+ *
+ * @generated from message llmgateway.v1.ToolCall
+ */
+export type ToolCall = Message$1<"llmgateway.v1.ToolCall"> & {
+  /**
+   * The gateway's id of the call (the same whichever provider made it): a ROLE_TOOL
+   * message answers it by this id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON text, exactly as the model produced them ("{}" when it gave
+   * none).
+   *
+   * @generated from field: string arguments = 3;
+   */
+  arguments: string;
+
+  /**
+   * True when `arguments` is not valid JSON (a truncated or malformed answer): delivered
+   * as produced, never repaired. Always false in requests.
+   *
+   * @generated from field: bool arguments_invalid = 4;
+   */
+  argumentsInvalid: boolean;
+};
+
+/**
+ * Describes the message llmgateway.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 4);
+
+/**
+ * Tool is a function the model may call.
+ *
+ * @generated from message llmgateway.v1.Tool
+ */
+export type Tool = Message$1<"llmgateway.v1.Tool"> & {
+  /**
+   * The tool's name: 1-64 of A-Z a-z 0-9 _ -. Required, unique in a request.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What the tool does, for the model.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * The JSON Schema of the arguments, as JSON text (an object). Sent to the provider
+   * byte for byte: key order, $defs/$ref and big integers survive. Empty: no arguments.
+   *
+   * @generated from field: string parameters = 3;
+   */
+  parameters: string;
+
+  /**
+   * Ask the provider to make the arguments match the schema exactly.
+   *
+   * @generated from field: bool strict = 4;
+   */
+  strict: boolean;
+
+  /**
+   * A prompt-cache breakpoint after this tool's definition.
+   *
+   * @generated from field: llmgateway.v1.CacheControl cache_control = 5;
+   */
+  cacheControl?: CacheControl | undefined;
+};
+
+/**
+ * Describes the message llmgateway.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 5);
+
+/**
+ * ToolChoice says whether and which tools the model must call.
+ *
+ * @generated from message llmgateway.v1.ToolChoice
+ */
+export type ToolChoice = Message$1<"llmgateway.v1.ToolChoice"> & {
+  /**
+   * Whether the model may, must or must not call tools.
+   *
+   * @generated from field: llmgateway.v1.ToolChoiceMode mode = 1;
+   */
+  mode: ToolChoiceMode;
+
+  /**
+   * With TOOL_CHOICE_MODE_TOOL: the tool it must call.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * At most one tool call per answer (parallel calls are allowed by default).
+   *
+   * @generated from field: bool disable_parallel_tool_calls = 3;
+   */
+  disableParallelToolCalls: boolean;
+};
+
+/**
+ * Describes the message llmgateway.v1.ToolChoice.
+ * Use `create(ToolChoiceSchema)` to create a new message.
+ */
+export const ToolChoiceSchema: GenMessage<ToolChoice> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 6);
+
+/**
+ * ResponseFormat asks for output in a given shape.
+ *
+ * @generated from message llmgateway.v1.ResponseFormat
+ */
+export type ResponseFormat = Message$1<"llmgateway.v1.ResponseFormat"> & {
+  /**
+   * The shape.
+   *
+   * @generated from field: llmgateway.v1.ResponseFormatType type = 1;
+   */
+  type: ResponseFormatType;
+
+  /**
+   * JSON schema only: the schema's name (1-64 of A-Z a-z 0-9 _ -).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * JSON schema only: the schema as JSON text (an object), sent byte for byte.
+   *
+   * @generated from field: string schema = 3;
+   */
+  schema: string;
+
+  /**
+   * JSON schema only: ask the provider to follow the schema exactly.
+   *
+   * @generated from field: bool strict = 4;
+   */
+  strict: boolean;
+};
+
+/**
+ * Describes the message llmgateway.v1.ResponseFormat.
+ * Use `create(ResponseFormatSchema)` to create a new message.
+ */
+export const ResponseFormatSchema: GenMessage<ResponseFormat> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 7);
 
 /**
  * CompleteRequest asks for one chat completion.
@@ -118,6 +450,28 @@ export type CompleteRequest = Message$1<"llmgateway.v1.CompleteRequest"> & {
    * @generated from field: llmgateway.v1.ContextPolicy context_policy = 9;
    */
   contextPolicy: ContextPolicy;
+
+  /**
+   * Tools the model may call (at most 128).
+   *
+   * @generated from field: repeated llmgateway.v1.Tool tools = 10;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether and which tools the model must call. Requires `tools` unless its mode is
+   * unset or NONE.
+   *
+   * @generated from field: llmgateway.v1.ToolChoice tool_choice = 11;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * The shape of the output.
+   *
+   * @generated from field: llmgateway.v1.ResponseFormat response_format = 12;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -125,7 +479,7 @@ export type CompleteRequest = Message$1<"llmgateway.v1.CompleteRequest"> & {
  * Use `create(CompleteRequestSchema)` to create a new message.
  */
 export const CompleteRequestSchema: GenMessage<CompleteRequest> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 1);
+  messageDesc(file_llmgateway_v1_gateway, 8);
 
 /**
  * CompleteResponse carries the finished completion.
@@ -146,7 +500,7 @@ export type CompleteResponse = Message$1<"llmgateway.v1.CompleteResponse"> & {
  * Use `create(CompleteResponseSchema)` to create a new message.
  */
 export const CompleteResponseSchema: GenMessage<CompleteResponse> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 2);
+  messageDesc(file_llmgateway_v1_gateway, 9);
 
 /**
  * StreamCompleteRequest asks for one chat completion, streamed. Its fields mean the
@@ -218,6 +572,28 @@ export type StreamCompleteRequest = Message$1<"llmgateway.v1.StreamCompleteReque
    * @generated from field: llmgateway.v1.ContextPolicy context_policy = 9;
    */
   contextPolicy: ContextPolicy;
+
+  /**
+   * Tools the model may call (at most 128).
+   *
+   * @generated from field: repeated llmgateway.v1.Tool tools = 10;
+   */
+  tools: Tool[];
+
+  /**
+   * Whether and which tools the model must call. Requires `tools` unless its mode is
+   * unset or NONE.
+   *
+   * @generated from field: llmgateway.v1.ToolChoice tool_choice = 11;
+   */
+  toolChoice?: ToolChoice | undefined;
+
+  /**
+   * The shape of the output.
+   *
+   * @generated from field: llmgateway.v1.ResponseFormat response_format = 12;
+   */
+  responseFormat?: ResponseFormat | undefined;
 };
 
 /**
@@ -225,7 +601,7 @@ export type StreamCompleteRequest = Message$1<"llmgateway.v1.StreamCompleteReque
  * Use `create(StreamCompleteRequestSchema)` to create a new message.
  */
 export const StreamCompleteRequestSchema: GenMessage<StreamCompleteRequest> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 3);
+  messageDesc(file_llmgateway_v1_gateway, 10);
 
 /**
  * StreamCompleteResponse is one event of a streamed completion.
@@ -262,10 +638,11 @@ export type StreamCompleteResponse = Message$1<"llmgateway.v1.StreamCompleteResp
  * Use `create(StreamCompleteResponseSchema)` to create a new message.
  */
 export const StreamCompleteResponseSchema: GenMessage<StreamCompleteResponse> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 4);
+  messageDesc(file_llmgateway_v1_gateway, 11);
 
 /**
- * Delta is a piece of generated text.
+ * Delta is a piece of generated output: text, a fragment of a tool call, or of a
+ * refusal.
  *
  * @generated from message llmgateway.v1.Delta
  */
@@ -276,6 +653,21 @@ export type Delta = Message$1<"llmgateway.v1.Delta"> & {
    * @generated from field: string text = 1;
    */
   text: string;
+
+  /**
+   * A fragment of a tool call: the first fragment of a call carries its index, id and
+   * name; the following ones (same index) carry pieces of its arguments.
+   *
+   * @generated from field: llmgateway.v1.ToolCallDelta tool_call = 2;
+   */
+  toolCall?: ToolCallDelta | undefined;
+
+  /**
+   * New text of the model's refusal.
+   *
+   * @generated from field: string refusal = 3;
+   */
+  refusal: string;
 };
 
 /**
@@ -283,7 +675,49 @@ export type Delta = Message$1<"llmgateway.v1.Delta"> & {
  * Use `create(DeltaSchema)` to create a new message.
  */
 export const DeltaSchema: GenMessage<Delta> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 5);
+  messageDesc(file_llmgateway_v1_gateway, 12);
+
+/**
+ * ToolCallDelta is a fragment of a tool call being streamed.
+ *
+ * @generated from message llmgateway.v1.ToolCallDelta
+ */
+export type ToolCallDelta = Message$1<"llmgateway.v1.ToolCallDelta"> & {
+  /**
+   * The call's position in Completion.tool_calls.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The call's id (first fragment only).
+   *
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * The tool's name (first fragment only).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * The next piece of the arguments' JSON text.
+   *
+   * @generated from field: string arguments = 4;
+   */
+  arguments: string;
+};
+
+/**
+ * Describes the message llmgateway.v1.ToolCallDelta.
+ * Use `create(ToolCallDeltaSchema)` to create a new message.
+ */
+export const ToolCallDeltaSchema: GenMessage<ToolCallDelta> = /*@__PURE__*/
+  messageDesc(file_llmgateway_v1_gateway, 13);
 
 /**
  * Completion is a finished chat completion.
@@ -354,6 +788,20 @@ export type Completion = Message$1<"llmgateway.v1.Completion"> & {
    * @generated from field: int64 trimmed_message_count = 9;
    */
   trimmedMessageCount: bigint;
+
+  /**
+   * The tool calls the model made (finish reason TOOL_CALLS), in order.
+   *
+   * @generated from field: repeated llmgateway.v1.ToolCall tool_calls = 10;
+   */
+  toolCalls: ToolCall[];
+
+  /**
+   * The model's refusal, when it refused (finish reason REFUSAL).
+   *
+   * @generated from field: string refusal = 11;
+   */
+  refusal: string;
 };
 
 /**
@@ -361,34 +809,68 @@ export type Completion = Message$1<"llmgateway.v1.Completion"> & {
  * Use `create(CompletionSchema)` to create a new message.
  */
 export const CompletionSchema: GenMessage<Completion> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 6);
+  messageDesc(file_llmgateway_v1_gateway, 14);
 
 /**
- * Usage counts the tokens a call used.
+ * Usage counts the tokens a call used, in the gateway's provider-neutral terms. The
+ * input counts do not overlap: the prompt is input + cached input + cache writes. (OpenAI
+ * reports prompt tokens including cached ones, Anthropic input tokens excluding cache
+ * reads and writes; both are converted to these terms.)
  *
  * @generated from message llmgateway.v1.Usage
  */
 export type Usage = Message$1<"llmgateway.v1.Usage"> & {
   /**
-   * Prompt tokens billed at the input price (excludes cached input tokens).
+   * Prompt tokens billed at the input price: neither read from nor written to the cache
+   * (images included).
    *
    * @generated from field: int64 input_token_count = 1;
    */
   inputTokenCount: bigint;
 
   /**
-   * Generated tokens.
+   * Generated tokens, reasoning included.
    *
    * @generated from field: int64 output_token_count = 2;
    */
   outputTokenCount: bigint;
 
   /**
-   * Prompt tokens served from the provider's cache, billed at the cached price.
+   * Prompt tokens read from the provider's cache, billed at the cache-read price.
    *
    * @generated from field: int64 cached_input_token_count = 3;
    */
   cachedInputTokenCount: bigint;
+
+  /**
+   * Prompt tokens written to the provider's cache, all TTLs (Anthropic reports them;
+   * OpenAI writes its cache for free and reports none).
+   *
+   * @generated from field: int64 cache_write_input_token_count = 4;
+   */
+  cacheWriteInputTokenCount: bigint;
+
+  /**
+   * The part of cache_write_input_token_count written with the 1-hour TTL.
+   *
+   * @generated from field: int64 cache_write_1h_input_token_count = 5;
+   */
+  cacheWrite1hInputTokenCount: bigint;
+
+  /**
+   * The part of output_token_count the model spent reasoning (OpenAI reports it;
+   * Anthropic bills thinking as output without a separate count).
+   *
+   * @generated from field: int64 reasoning_token_count = 6;
+   */
+  reasoningTokenCount: bigint;
+
+  /**
+   * The part of input_token_count that images took, where the provider reports it.
+   *
+   * @generated from field: int64 image_input_token_count = 7;
+   */
+  imageInputTokenCount: bigint;
 };
 
 /**
@@ -396,10 +878,12 @@ export type Usage = Message$1<"llmgateway.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 7);
+  messageDesc(file_llmgateway_v1_gateway, 15);
 
 /**
- * Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD).
+ * Cost is an exact amount of money in integer nano-US-dollars (1e-9 USD). Each line is
+ * its tokens times its price, rounded up to a whole nano-USD; input_nano_usd is the sum
+ * of the input lines, output_nano_usd of the output lines, total of both.
  *
  * @generated from message llmgateway.v1.Cost
  */
@@ -412,14 +896,14 @@ export type Cost = Message$1<"llmgateway.v1.Cost"> & {
   totalNanoUsd: bigint;
 
   /**
-   * Part of the total for input (including cached input) tokens.
+   * Part of the total for every input token: uncached, images, cache reads and writes.
    *
    * @generated from field: int64 input_nano_usd = 2;
    */
   inputNanoUsd: bigint;
 
   /**
-   * Part of the total for output tokens.
+   * Part of the total for output tokens, reasoning included.
    *
    * @generated from field: int64 output_nano_usd = 3;
    */
@@ -431,6 +915,41 @@ export type Cost = Message$1<"llmgateway.v1.Cost"> & {
    * @generated from field: string price_version = 4;
    */
   priceVersion: string;
+
+  /**
+   * Line of input_nano_usd: cache reads.
+   *
+   * @generated from field: int64 cache_read_nano_usd = 5;
+   */
+  cacheReadNanoUsd: bigint;
+
+  /**
+   * Line of input_nano_usd: cache writes with the 5-minute TTL.
+   *
+   * @generated from field: int64 cache_write_5m_nano_usd = 6;
+   */
+  cacheWrite5mNanoUsd: bigint;
+
+  /**
+   * Line of input_nano_usd: cache writes with the 1-hour TTL.
+   *
+   * @generated from field: int64 cache_write_1h_nano_usd = 7;
+   */
+  cacheWrite1hNanoUsd: bigint;
+
+  /**
+   * Line of input_nano_usd: image input tokens.
+   *
+   * @generated from field: int64 image_input_nano_usd = 8;
+   */
+  imageInputNanoUsd: bigint;
+
+  /**
+   * Line of output_nano_usd: reasoning tokens.
+   *
+   * @generated from field: int64 reasoning_nano_usd = 9;
+   */
+  reasoningNanoUsd: bigint;
 };
 
 /**
@@ -438,7 +957,7 @@ export type Cost = Message$1<"llmgateway.v1.Cost"> & {
  * Use `create(CostSchema)` to create a new message.
  */
 export const CostSchema: GenMessage<Cost> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 8);
+  messageDesc(file_llmgateway_v1_gateway, 16);
 
 /**
  * Attempt is one try against one upstream target.
@@ -488,7 +1007,7 @@ export type Attempt = Message$1<"llmgateway.v1.Attempt"> & {
  * Use `create(AttemptSchema)` to create a new message.
  */
 export const AttemptSchema: GenMessage<Attempt> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 9);
+  messageDesc(file_llmgateway_v1_gateway, 17);
 
 /**
  * CountTokensRequest asks how many input tokens a request would use.
@@ -509,6 +1028,13 @@ export type CountTokensRequest = Message$1<"llmgateway.v1.CountTokensRequest"> &
    * @generated from field: repeated llmgateway.v1.Message messages = 2;
    */
   messages: Message[];
+
+  /**
+   * Tools the request would declare (their definitions count as input).
+   *
+   * @generated from field: repeated llmgateway.v1.Tool tools = 3;
+   */
+  tools: Tool[];
 };
 
 /**
@@ -516,7 +1042,7 @@ export type CountTokensRequest = Message$1<"llmgateway.v1.CountTokensRequest"> &
  * Use `create(CountTokensRequestSchema)` to create a new message.
  */
 export const CountTokensRequestSchema: GenMessage<CountTokensRequest> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 10);
+  messageDesc(file_llmgateway_v1_gateway, 18);
 
 /**
  * CountTokensResponse reports the token count of a prompt on a route.
@@ -553,7 +1079,7 @@ export type CountTokensResponse = Message$1<"llmgateway.v1.CountTokensResponse">
  * Use `create(CountTokensResponseSchema)` to create a new message.
  */
 export const CountTokensResponseSchema: GenMessage<CountTokensResponse> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 11);
+  messageDesc(file_llmgateway_v1_gateway, 19);
 
 /**
  * ListModelsRequest asks for the routes the caller may use.
@@ -568,7 +1094,7 @@ export type ListModelsRequest = Message$1<"llmgateway.v1.ListModelsRequest"> & {
  * Use `create(ListModelsRequestSchema)` to create a new message.
  */
 export const ListModelsRequestSchema: GenMessage<ListModelsRequest> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 12);
+  messageDesc(file_llmgateway_v1_gateway, 20);
 
 /**
  * ListModelsResponse lists routes.
@@ -589,7 +1115,7 @@ export type ListModelsResponse = Message$1<"llmgateway.v1.ListModelsResponse"> &
  * Use `create(ListModelsResponseSchema)` to create a new message.
  */
 export const ListModelsResponseSchema: GenMessage<ListModelsResponse> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 13);
+  messageDesc(file_llmgateway_v1_gateway, 21);
 
 /**
  * Model describes one route.
@@ -631,7 +1157,7 @@ export type Model = Message$1<"llmgateway.v1.Model"> & {
  * Use `create(ModelSchema)` to create a new message.
  */
 export const ModelSchema: GenMessage<Model> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 14);
+  messageDesc(file_llmgateway_v1_gateway, 22);
 
 /**
  * Target is one upstream provider model behind a route.
@@ -673,7 +1199,7 @@ export type Target = Message$1<"llmgateway.v1.Target"> & {
  * Use `create(TargetSchema)` to create a new message.
  */
 export const TargetSchema: GenMessage<Target> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 15);
+  messageDesc(file_llmgateway_v1_gateway, 23);
 
 /**
  * Price is a price table entry, in integer nano-USD per million tokens.
@@ -696,7 +1222,7 @@ export type Price = Message$1<"llmgateway.v1.Price"> & {
   outputNanoUsdPerMillionTokens: bigint;
 
   /**
-   * Price of one million cached input tokens.
+   * Price of one million cached input tokens (cache reads).
    *
    * @generated from field: int64 cached_input_nano_usd_per_million_tokens = 3;
    */
@@ -708,6 +1234,34 @@ export type Price = Message$1<"llmgateway.v1.Price"> & {
    * @generated from field: string version = 4;
    */
   version: string;
+
+  /**
+   * Price of one million input tokens written to the cache with the 5-minute TTL.
+   *
+   * @generated from field: int64 cache_write_5m_nano_usd_per_million_tokens = 5;
+   */
+  cacheWrite5mNanoUsdPerMillionTokens: bigint;
+
+  /**
+   * Price of one million input tokens written to the cache with the 1-hour TTL.
+   *
+   * @generated from field: int64 cache_write_1h_nano_usd_per_million_tokens = 6;
+   */
+  cacheWrite1hNanoUsdPerMillionTokens: bigint;
+
+  /**
+   * Price of one million reasoning (output) tokens.
+   *
+   * @generated from field: int64 reasoning_nano_usd_per_million_tokens = 7;
+   */
+  reasoningNanoUsdPerMillionTokens: bigint;
+
+  /**
+   * Price of one million image input tokens.
+   *
+   * @generated from field: int64 image_input_nano_usd_per_million_tokens = 8;
+   */
+  imageInputNanoUsdPerMillionTokens: bigint;
 };
 
 /**
@@ -715,7 +1269,7 @@ export type Price = Message$1<"llmgateway.v1.Price"> & {
  * Use `create(PriceSchema)` to create a new message.
  */
 export const PriceSchema: GenMessage<Price> = /*@__PURE__*/
-  messageDesc(file_llmgateway_v1_gateway, 16);
+  messageDesc(file_llmgateway_v1_gateway, 24);
 
 /**
  * Role is the author of a chat message.
@@ -750,6 +1304,13 @@ export enum Role {
    * @generated from enum value: ROLE_ASSISTANT = 3;
    */
   ASSISTANT = 3,
+
+  /**
+   * The result of a tool call the model made: `tool_call_id` names the call.
+   *
+   * @generated from enum value: ROLE_TOOL = 4;
+   */
+  TOOL = 4,
 }
 
 /**
@@ -805,6 +1366,20 @@ export enum FinishReason {
    * @generated from enum value: FINISH_REASON_OTHER = 5;
    */
   OTHER = 5,
+
+  /**
+   * The model stopped to call one or more tools (`tool_calls` holds them).
+   *
+   * @generated from enum value: FINISH_REASON_TOOL_CALLS = 6;
+   */
+  TOOL_CALLS = 6,
+
+  /**
+   * The model refused to answer (`refusal` holds its words, when it gave any).
+   *
+   * @generated from enum value: FINISH_REASON_REFUSAL = 7;
+   */
+  REFUSAL = 7,
 }
 
 /**
@@ -952,6 +1527,170 @@ export enum AttemptOutcome {
  */
 export const AttemptOutcomeSchema: GenEnum<AttemptOutcome> = /*@__PURE__*/
   enumDesc(file_llmgateway_v1_gateway, 3);
+
+/**
+ * ImageDetail is how closely the model looks at an image.
+ *
+ * @generated from enum llmgateway.v1.ImageDetail
+ */
+export enum ImageDetail {
+  /**
+   * The provider's default.
+   *
+   * @generated from enum value: IMAGE_DETAIL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The provider chooses.
+   *
+   * @generated from enum value: IMAGE_DETAIL_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * A low-resolution look, fewer tokens.
+   *
+   * @generated from enum value: IMAGE_DETAIL_LOW = 2;
+   */
+  LOW = 2,
+
+  /**
+   * A high-resolution look.
+   *
+   * @generated from enum value: IMAGE_DETAIL_HIGH = 3;
+   */
+  HIGH = 3,
+}
+
+/**
+ * Describes the enum llmgateway.v1.ImageDetail.
+ */
+export const ImageDetailSchema: GenEnum<ImageDetail> = /*@__PURE__*/
+  enumDesc(file_llmgateway_v1_gateway, 4);
+
+/**
+ * CacheTtl is how long a cached prompt prefix lives.
+ *
+ * @generated from enum llmgateway.v1.CacheTtl
+ */
+export enum CacheTtl {
+  /**
+   * Five minutes.
+   *
+   * @generated from enum value: CACHE_TTL_UNSPECIFIED = 0;
+   */
+  CACHE_TTL_UNSPECIFIED = 0,
+
+  /**
+   * Five minutes (written at the 5-minute cache-write price).
+   *
+   * @generated from enum value: CACHE_TTL_5M = 1;
+   */
+  CACHE_TTL_5M = 1,
+
+  /**
+   * One hour (written at the 1-hour cache-write price).
+   *
+   * @generated from enum value: CACHE_TTL_1H = 2;
+   */
+  CACHE_TTL_1H = 2,
+}
+
+/**
+ * Describes the enum llmgateway.v1.CacheTtl.
+ */
+export const CacheTtlSchema: GenEnum<CacheTtl> = /*@__PURE__*/
+  enumDesc(file_llmgateway_v1_gateway, 5);
+
+/**
+ * ToolChoiceMode is whether the model may, must or must not call tools.
+ *
+ * @generated from enum llmgateway.v1.ToolChoiceMode
+ */
+export enum ToolChoiceMode {
+  /**
+   * The provider's default (auto when tools are given).
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The model decides.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_AUTO = 1;
+   */
+  AUTO = 1,
+
+  /**
+   * The model calls no tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * The model calls at least one tool.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_REQUIRED = 3;
+   */
+  REQUIRED = 3,
+
+  /**
+   * The model calls the tool named in ToolChoice.name.
+   *
+   * @generated from enum value: TOOL_CHOICE_MODE_TOOL = 4;
+   */
+  TOOL = 4,
+}
+
+/**
+ * Describes the enum llmgateway.v1.ToolChoiceMode.
+ */
+export const ToolChoiceModeSchema: GenEnum<ToolChoiceMode> = /*@__PURE__*/
+  enumDesc(file_llmgateway_v1_gateway, 6);
+
+/**
+ * ResponseFormatType is the shape of the output.
+ *
+ * @generated from enum llmgateway.v1.ResponseFormatType
+ */
+export enum ResponseFormatType {
+  /**
+   * Text.
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Text.
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_TEXT = 1;
+   */
+  TEXT = 1,
+
+  /**
+   * Any JSON object.
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_JSON_OBJECT = 2;
+   */
+  JSON_OBJECT = 2,
+
+  /**
+   * JSON matching ResponseFormat.schema, with the provider's native structured output.
+   *
+   * @generated from enum value: RESPONSE_FORMAT_TYPE_JSON_SCHEMA = 3;
+   */
+  JSON_SCHEMA = 3,
+}
+
+/**
+ * Describes the enum llmgateway.v1.ResponseFormatType.
+ */
+export const ResponseFormatTypeSchema: GenEnum<ResponseFormatType> = /*@__PURE__*/
+  enumDesc(file_llmgateway_v1_gateway, 7);
 
 /**
  * GatewayService is the one contract internal services use to call LLM providers.
