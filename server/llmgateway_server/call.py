@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 from llmgateway_server.routes import Route, Target
 from llmgateway_server.storage.base import RateLimits, Reservation, Scope
-from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
+from llmgateway_server.tokens import (
+    REPLY_PRIMING_TOKENS,
+    MessageTokens,
+    token_upper_bound,
+    tools_upper_bound,
+)
 
 if TYPE_CHECKING:
     from llmgateway_server.guardrails.output import OutputGuard
@@ -122,11 +127,13 @@ class CallState:
         """The prompt to send to ``target``; counted on demand when no policy trimmed."""
         prompt = self.prompts.get(target.id)
         if prompt is None and not self.planned:
-            messages = self.request.messages
+            request = self.request
+            messages, tools = request.messages, request.tools
+            bound = token_upper_bound(messages) + REPLY_PRIMING_TOKENS
             prompt = Prompt(
                 messages,
-                counts=MessageTokens(target.counter, messages),
-                token_bound=token_upper_bound(messages) + REPLY_PRIMING_TOKENS,
+                counts=MessageTokens(target.counter, messages, tools),
+                token_bound=bound + tools_upper_bound(tools) if tools else bound,
             )
             self.prompts[target.id] = prompt
         return prompt

@@ -66,20 +66,34 @@ UsdAmount = Annotated[str, Field(pattern=r"^\d+(\.\d+)?$")]
 
 
 class PriceConfig(_Strict):
-    """Prices in USD per million tokens, as decimal strings (never floats)."""
+    """Prices in USD per million tokens, as decimal strings (never floats).
+
+    Only input and output are required. The others default to what the providers charge
+    relative to them when a table gives nothing: cache reads and image tokens at the input
+    price, reasoning at the output price, cache writes at the input price (Anthropic's
+    real write prices are 1.25x input for 5 minutes and 2x for an hour: set them).
+    """
 
     input_per_million_usd: UsdAmount
     output_per_million_usd: UsdAmount
     cached_input_per_million_usd: UsdAmount | None = None
+    cache_write_5m_per_million_usd: UsdAmount | None = None
+    cache_write_1h_per_million_usd: UsdAmount | None = None
+    reasoning_per_million_usd: UsdAmount | None = None
+    image_input_per_million_usd: UsdAmount | None = None
     version: str = Field(min_length=1)
 
     @model_validator(mode="after")
     def _exact(self) -> PriceConfig:
-        for name in ("input_per_million_usd", "output_per_million_usd"):
-            usd_to_nano(getattr(self, name), what=name)
-        if self.cached_input_per_million_usd is not None:
-            usd_to_nano(self.cached_input_per_million_usd, what="cached_input_per_million_usd")
+        for name in _PRICE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                usd_to_nano(value, what=name)
         return self
+
+    def _nano(self, name: str, default: str) -> int:
+        value = getattr(self, name)
+        return usd_to_nano(getattr(self, default) if value is None else value, what=name)
 
     @property
     def input_nano_per_million(self) -> int:
@@ -93,10 +107,39 @@ class PriceConfig(_Strict):
 
     @property
     def cached_input_nano_per_million(self) -> int:
-        """Cached-input price in nano-USD per million tokens (the input price if unset)."""
-        if self.cached_input_per_million_usd is None:
-            return self.input_nano_per_million
-        return usd_to_nano(self.cached_input_per_million_usd, what="cached_input")
+        """Cache-read price in nano-USD per million tokens (the input price if unset)."""
+        return self._nano("cached_input_per_million_usd", "input_per_million_usd")
+
+    @property
+    def cache_write_5m_nano_per_million(self) -> int:
+        """5-minute cache-write price (the input price if unset)."""
+        return self._nano("cache_write_5m_per_million_usd", "input_per_million_usd")
+
+    @property
+    def cache_write_1h_nano_per_million(self) -> int:
+        """1-hour cache-write price (the input price if unset)."""
+        return self._nano("cache_write_1h_per_million_usd", "input_per_million_usd")
+
+    @property
+    def reasoning_nano_per_million(self) -> int:
+        """Reasoning-token price (the output price if unset)."""
+        return self._nano("reasoning_per_million_usd", "output_per_million_usd")
+
+    @property
+    def image_input_nano_per_million(self) -> int:
+        """Image-input price (the input price if unset)."""
+        return self._nano("image_input_per_million_usd", "input_per_million_usd")
+
+
+_PRICE_FIELDS = (
+    "input_per_million_usd",
+    "output_per_million_usd",
+    "cached_input_per_million_usd",
+    "cache_write_5m_per_million_usd",
+    "cache_write_1h_per_million_usd",
+    "reasoning_per_million_usd",
+    "image_input_per_million_usd",
+)
 
 
 FREE = PriceConfig(input_per_million_usd="0", output_per_million_usd="0", version="free")

@@ -29,7 +29,8 @@ from llmgateway_server.types import (
     ChatMessage,
     Completion,
     CompletionRequest,
-    TextDelta,
+    OutputDelta,
+    Tool,
 )
 
 
@@ -131,7 +132,7 @@ class Gateway:
         )
 
     async def drive(
-        self, state: CallState, emit: Callable[[TextDelta | Completion], Awaitable[None]]
+        self, state: CallState, emit: Callable[[OutputDelta | Completion], Awaitable[None]]
     ) -> None:
         """Run an opened call, handing each delta (when streaming) and then the one
         Completion to ``emit``, all within the call's deadline."""
@@ -150,12 +151,19 @@ class Gateway:
         """Until every finished call's budget settlement and usage record are written."""
         await self._pipeline.drain()
 
-    def count_tokens(self, name: str, messages: Sequence[ChatMessage], tenant: str) -> TokenCount:
-        """Input tokens of ``messages`` on the route's first target, and its window."""
+    def count_tokens(
+        self,
+        name: str,
+        messages: Sequence[ChatMessage],
+        tenant: str,
+        tools: Sequence[Tool] = (),
+    ) -> TokenCount:
+        """Input tokens of ``messages`` (and ``tools``) on the route's first target, and
+        its window."""
         route = self.route(name, tenant)
         target = route.targets[0]
         return TokenCount(
-            input_tokens=count_prompt(target.counter, messages),
+            input_tokens=count_prompt(target.counter, messages, tools),
             context_window=target.context_window,
             exact=target.counter.exact,
         )

@@ -17,6 +17,7 @@ budget is charged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from llmgateway_server.call import Prompt
@@ -53,25 +54,28 @@ def _estimate(target: Target, prompt: Prompt, produced: str) -> Metered:
 def total(attempts: Iterable[Attempt]) -> Metered:
     """The call's usage and cost: the sum over its billed attempts (the price version is
     the last billed attempt's)."""
-    input_tokens = output_tokens = cached = input_nano = output_nano = 0
+    usages: list[Usage] = []
+    costs: list[Cost] = []
     version = ""
     estimated = False
     for attempt in attempts:
         metered = attempt.metered
         if metered is None or metered is NOTHING:
             continue
-        usage, cost = metered.usage, metered.cost
-        input_tokens += usage.input_tokens
-        output_tokens += usage.output_tokens
-        cached += usage.cached_input_tokens
-        input_nano += cost.input_nano_usd
-        output_nano += cost.output_nano_usd
-        version = cost.price_version or version
+        usages.append(metered.usage)
+        costs.append(metered.cost)
+        version = metered.cost.price_version or version
         estimated = estimated or metered.estimated
-    if not version and not input_nano and not output_nano and not input_tokens:
+    if not usages:
         return NOTHING
-    return Metered(
-        Usage(input_tokens, output_tokens, cached),
-        Cost(input_nano, output_nano, version),
-        estimated=estimated,
+    if len(usages) == 1:
+        return Metered(usages[0], costs[0], estimated=estimated)
+    usage = Usage(*(sum(getattr(u, f) for u in usages) for f in _USAGE_FIELDS))
+    cost = Cost(
+        **{f: sum(getattr(c, f) for c in costs) for f in _COST_FIELDS}, price_version=version
     )
+    return Metered(usage, cost, estimated=estimated)
+
+
+_USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
+_COST_FIELDS = tuple(f.name for f in dataclasses.fields(Cost) if f.name != "price_version")

@@ -96,6 +96,9 @@ class Router:
             top_p=request.top_p,
             stop=request.stop,
             timeout_s=timeout_s,
+            tools=request.tools,
+            tool_choice=request.tool_choice,
+            response_format=request.response_format,
         )
 
     def _record(

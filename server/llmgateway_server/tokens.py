@@ -51,7 +51,8 @@ import tiktoken
 import tiktoken.load
 from tiktoken_ext import openai_public
 
-from llmgateway_server.types import ChatMessage, Role
+from llmgateway_server.images import image_tokens
+from llmgateway_server.types import ChatMessage, Role, Tool
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class EstimatingCounter:
         tokens = MESSAGE_OVERHEAD_TOKENS + self.count_text(message.content)
         if message.name:
             tokens += TOKENS_PER_NAME + self.count_text(message.name)
+        if not message.plain:
+            tokens += structured_tokens(self.count_text, message)
         return tokens
 
 
@@ -208,7 +211,41 @@ class TiktokenCounter:
         tokens = self._message_base[message.role] + len(self._encode(message.content))
         if message.name:
             tokens += TOKENS_PER_NAME + len(self._encode(message.name))
+        if not message.plain:
+            tokens += structured_tokens(self.count_text, message)
         return tokens
+
+
+# Framing of one tool call, tool-call id or tool definition (separators, a type marker);
+# OpenAI documents none, so this is generous.
+_TOOL_FRAMING_TOKENS = 8
+
+
+def structured_tokens(count_text: Callable[[str], int], message: ChatMessage) -> int:
+    """What a message's parts, images and tool calls add to its plain-text count (its
+    ``content`` is counted by the caller; with parts it is empty). Images count what
+    images.image_tokens says."""
+    tokens = 0
+    for part in message.parts:
+        if part.text:
+            tokens += count_text(part.text)
+        elif part.image is not None:
+            tokens += image_tokens(part.image)
+    for call in message.tool_calls:
+        tokens += _TOOL_FRAMING_TOKENS + count_text(call.id) + count_text(call.name)
+        tokens += count_text(call.arguments)
+    if message.tool_call_id:
+        tokens += _TOOL_FRAMING_TOKENS + count_text(message.tool_call_id)
+    return tokens
+
+
+def count_tools(counter: TokenCounter, tools: Sequence[Tool]) -> int:
+    """Tokens the tool definitions add to a prompt."""
+    count = counter.count_text
+    return sum(
+        _TOOL_FRAMING_TOKENS + count(t.name) + count(t.description) + count(t.parameters)
+        for t in tools
+    )
 
 
 # Per-message framing never exceeds this many tokens with any counter here (role,
@@ -229,12 +266,35 @@ def token_upper_bound(messages: Sequence[ChatMessage]) -> int:
         if m.name:
             size += len(m.name.encode("utf-8", "surrogatepass"))
         total += size + size // 4 + 2 + _MAX_MESSAGE_OVERHEAD
+        if not m.plain:
+            total += structured_tokens(_bound_text, m)
     return total
 
 
-def count_prompt(counter: TokenCounter, messages: Sequence[ChatMessage]) -> int:
-    """Tokens of a whole chat prompt: every message plus the reply priming."""
-    return REPLY_PRIMING_TOKENS + sum(counter.count_message(m) for m in messages)
+def _bound_text(text: str) -> int:
+    """A bound on any counter's count of ``text`` (see token_upper_bound)."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return size + size // 4 + 1 if size else 0
+
+
+def tools_upper_bound(tools: Sequence[Tool]) -> int:
+    """A bound on every counter's count_tools."""
+    return sum(
+        _TOOL_FRAMING_TOKENS
+        + _bound_text(t.name)
+        + _bound_text(t.description)
+        + _bound_text(t.parameters)
+        for t in tools
+    )
+
+
+def count_prompt(
+    counter: TokenCounter, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()
+) -> int:
+    """Tokens of a whole chat prompt: every message, the tool definitions and the reply
+    priming."""
+    fixed = REPLY_PRIMING_TOKENS + (count_tools(counter, tools) if tools else 0)
+    return fixed + sum(counter.count_message(m) for m in messages)
 
 
 class MessageTokens(Sequence[int]):
@@ -246,13 +306,23 @@ class MessageTokens(Sequence[int]):
     counter (a fallback) costs nothing more.
     """
 
-    __slots__ = ("_counter", "_counts", "_messages")
+    __slots__ = ("_counter", "_counts", "_fixed", "_messages", "_tools")
 
-    def __init__(self, counter: TokenCounter, messages: Sequence[ChatMessage]) -> None:
-        """Counts of ``messages`` by ``counter``; nothing is counted yet."""
+    def __init__(
+        self, counter: TokenCounter, messages: Sequence[ChatMessage], tools: Sequence[Tool] = ()
+    ) -> None:
+        """Counts of ``messages`` (and ``tools``) by ``counter``; nothing is counted yet."""
         self._counter = counter
         self._messages = messages
+        self._tools = tools
+        self._fixed: int | None = None if tools else REPLY_PRIMING_TOKENS
         self._counts: list[int | None] = [None] * len(messages)
+
+    def fixed(self) -> int:
+        """What the prompt costs besides its messages: the reply priming and the tools."""
+        if self._fixed is None:
+            self._fixed = REPLY_PRIMING_TOKENS + count_tools(self._counter, self._tools)
+        return self._fixed
 
     def __len__(self) -> int:
         """The number of messages."""
@@ -275,8 +345,9 @@ class MessageTokens(Sequence[int]):
         return count
 
     def prompt_total(self) -> int:
-        """Tokens of the whole prompt, reply priming included (counts every message)."""
-        return REPLY_PRIMING_TOKENS + sum(self)
+        """Tokens of the whole prompt, reply priming and tools included (counts every
+        message)."""
+        return self.fixed() + sum(self)
 
 
 # Model-name prefixes, most specific first: "gpt-4o" must win over "gpt-4".

@@ -13,6 +13,7 @@ class Role(enum.Enum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
 
 
 class FinishReason(enum.Enum):
@@ -23,6 +24,8 @@ class FinishReason(enum.Enum):
     CONTENT_FILTER = "content_filter"
     CANCELLED = "cancelled"
     OTHER = "other"
+    TOOL_CALLS = "tool_calls"
+    REFUSAL = "refusal"
 
 
 class ContextPolicy(enum.Enum):
@@ -84,13 +87,124 @@ class CallOutcome(enum.Enum):
     ABANDONED = "abandoned"
 
 
+class CacheTTL(enum.Enum):
+    """How long a prompt-cache breakpoint keeps the prefix before it."""
+
+    MINUTES_5 = "5m"
+    HOUR_1 = "1h"
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a prompt: its checked bytes, or an https URL the provider fetches."""
+
+    media_type: str  # "" only for a URL given without one
+    data: bytes | None = None
+    url: str | None = None
+    detail: str | None = None  # "auto", "low" or "high"; None: the provider's default
+
+
+@dataclass(frozen=True, slots=True)
+class ContentPart:
+    """One piece of a message's content: text or an image, and maybe a cache breakpoint."""
+
+    text: str | None = None
+    image: Image | None = None
+    cache: CacheTTL | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of a tool by the model. ``id`` is the gateway's (never an upstream's);
+    ``arguments`` is JSON text as produced, flagged when it does not parse."""
+
+    id: str
+    name: str
+    arguments: str
+    arguments_invalid: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    Content is ``content`` (plain text) or ``parts``, never both. An assistant turn may
+    carry ``tool_calls``; a TOOL turn answers the call named by ``tool_call_id``.
+    ``cache`` is a prompt-cache breakpoint after plain-text content.
+    """
 
     role: Role
     content: str
     name: str | None = None
+    parts: tuple[ContentPart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    is_error: bool = False
+    cache: CacheTTL | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Only text content (no parts, calls or breakpoint): the common, cheap case."""
+        return not (self.parts or self.tool_calls or self.tool_call_id or self.cache)
+
+    @property
+    def text(self) -> str:
+        """Every text of the message: its content, or its text parts joined."""
+        if not self.parts:
+            return self.content
+        return "".join(p.text for p in self.parts if p.text is not None)
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        """The images among the parts."""
+        return tuple(p.image for p in self.parts if p.image is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call. ``parameters`` is JSON Schema text, sent as is."""
+
+    name: str
+    description: str = ""
+    parameters: str = ""
+    strict: bool = False
+    cache: CacheTTL | None = None
+
+
+class ToolChoiceMode(enum.Enum):
+    """Whether the model may, must or must not call tools."""
+
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """``mode`` None: the provider's default; ``name`` with TOOL."""
+
+    mode: ToolChoiceMode | None = None
+    name: str = ""
+    disable_parallel: bool = False
+
+
+class ResponseFormatType(enum.Enum):
+    """The shape of the output."""
+
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """JSON schema output: ``schema`` is JSON text, sent as is."""
+
+    type: ResponseFormatType
+    name: str = ""
+    schema: str = ""
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,24 +220,55 @@ class CompletionRequest:
     tags: Mapping[str, str] = field(default_factory=dict)
     request_id: str = ""
     context_policy: ContextPolicy | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def cache_breakpoints(self) -> bool:
+        """Whether any message, part or tool asks for a prompt-cache breakpoint."""
+        return any(t.cache for t in self.tools) or any(
+            m.cache or any(p.cache for p in m.parts) for m in self.messages if not m.plain
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of a call. ``input_tokens`` excludes cached input tokens."""
+    """Token counts of a call, provider-neutral; the input counts do not overlap.
+
+    ``input_tokens`` is billed at the input price (neither read from nor written to the
+    cache; images included, ``image_input_tokens`` of them); ``cached_input_tokens`` were
+    read from the cache; ``cache_write_tokens`` written to it (``cache_write_1h_tokens``
+    of them with the 1-hour TTL). ``output_tokens`` includes ``reasoning_tokens``.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_input_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token, however billed."""
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
 
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """Exact cost in integer nano-USD."""
+    """Exact cost in integer nano-USD: ``input_nano_usd`` and ``output_nano_usd`` are the
+    sums of their lines; the other fields are lines of them (pricing.cost_of)."""
 
     input_nano_usd: int = 0
     output_nano_usd: int = 0
     price_version: str = ""
+    cache_read_nano_usd: int = 0
+    cache_write_5m_nano_usd: int = 0
+    cache_write_1h_nano_usd: int = 0
+    image_input_nano_usd: int = 0
+    reasoning_nano_usd: int = 0
 
     @property
     def total_nano_usd(self) -> int:
@@ -166,6 +311,8 @@ class Completion:
     attempts: Sequence[Attempt]
     request_id: str
     trimmed_message_count: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str = ""
 
 
 @dataclass(slots=True)  # built per chunk: frozen init costs a setattr per field
@@ -173,6 +320,28 @@ class TextDelta:
     """A piece of generated text, relayed to the client as it arrives."""
 
     text: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call: the first of a call has its id and name, the rest
+    pieces of its arguments. ``index`` is the call's position in the result's list."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class RefusalDelta:
+    """A piece of the model's refusal."""
+
+    text: str
+
+
+OutputDelta = TextDelta | ToolCallDelta | RefusalDelta
+"""What a stream relays before its result."""
 
 
 @dataclass(slots=True)  # built per call: frozen init costs a setattr per field
@@ -186,6 +355,9 @@ class UpstreamCall:
     top_p: float | None
     stop: Sequence[str]
     timeout_s: float
+    tools: Sequence[Tool] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
     # Set by the provider once the upstream accepted the request (a 2xx status): from
     # then on it may bill the prompt even if the attempt fails.
     accepted: bool = False
@@ -199,7 +371,9 @@ class UpstreamResult:
     finish_reason: FinishReason
     usage: Usage | None
     upstream_model: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    refusal: str = ""
 
 
-StreamItem = TextDelta | UpstreamResult
+StreamItem = TextDelta | ToolCallDelta | RefusalDelta | UpstreamResult
 """A provider stream yields deltas and ends with exactly one UpstreamResult."""

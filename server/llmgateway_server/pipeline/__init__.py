@@ -10,6 +10,7 @@ takes them in one transaction), and all of them before the caller sees the final
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Protocol
@@ -24,6 +25,8 @@ from llmgateway_server.types import (
     CallOutcome,
     Completion,
     FinishReason,
+    OutputDelta,
+    RefusalDelta,
     TextDelta,
     UpstreamResult,
 )
@@ -52,7 +55,7 @@ class Pipeline:
         self._clock = clock
         self._settling: set[asyncio.Future[None]] = set()
 
-    async def run(self, state: CallState) -> AsyncGenerator[TextDelta | Completion, None]:
+    async def run(self, state: CallState) -> AsyncGenerator[OutputDelta | Completion, None]:
         """Yield text deltas (streaming calls) and then exactly one Completion.
 
         Every started policy's ``after`` has run before the Completion is yielded: the
@@ -81,6 +84,12 @@ class Pipeline:
                         finished = True
                         await self._after(started, state)
                         yield completion
+                        continue
+                    if type(item) is not TextDelta:
+                        # Tool-call and refusal fragments are relayed as they come (the
+                        # guardrails read text); the bill of a cut stream counts them.
+                        state.output_parts.append(_produced(item))
+                        yield self._delta(state, "", item)
                         continue
                     state.output_parts.append(item.text)
                     if guard is None:
@@ -148,7 +157,7 @@ class Pipeline:
         while self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    def _delta(self, state: CallState, text: str, item: TextDelta | None = None) -> TextDelta:
+    def _delta(self, state: CallState, text: str, item: OutputDelta | None = None) -> OutputDelta:
         if state.first_token_at is None:
             state.first_token_at = self._clock.now()
         return item if item is not None else TextDelta(text)
@@ -167,7 +176,7 @@ class Pipeline:
             content = out.text
         state.guardrail_findings.extend((label, action, "output") for label, action in out.findings)
         finish = FinishReason.CONTENT_FILTER if guard.blocked else result.finish_reason
-        filtered = UpstreamResult(content, finish, result.usage, result.upstream_model)
+        filtered = dataclasses.replace(result, content=content, finish_reason=finish)
         return filtered, out.text if state.streaming else ""
 
     def _filtered(self, state: CallState, content: str) -> Completion:
@@ -198,4 +207,14 @@ class Pipeline:
             attempts=tuple(state.attempts),
             request_id=state.request_id,
             trimmed_message_count=prompt.trimmed if prompt else 0,
+            tool_calls=result.tool_calls,
+            refusal=result.refusal,
         )
+
+
+def _produced(item: OutputDelta) -> str:
+    """What a tool-call or refusal fragment adds to the output, for a cut stream's bill."""
+    if isinstance(item, RefusalDelta):
+        return item.text
+    assert not isinstance(item, TextDelta)
+    return item.name + item.arguments

@@ -17,7 +17,12 @@ from typing import ClassVar
 
 from llmgateway_server.call import CallState, Prompt
 from llmgateway_server.errors import ContextWindowExceeded
-from llmgateway_server.tokens import REPLY_PRIMING_TOKENS, MessageTokens, token_upper_bound
+from llmgateway_server.tokens import (
+    REPLY_PRIMING_TOKENS,
+    MessageTokens,
+    token_upper_bound,
+    tools_upper_bound,
+)
 from llmgateway_server.trimming import trim_to_fit
 from llmgateway_server.types import ContextPolicy
 
@@ -29,28 +34,31 @@ class ContextWindowPolicy:
 
     async def before(self, state: CallState) -> None:
         """Fill ``state.prompts``; raise ContextWindowExceeded when no target fits."""
-        messages = state.request.messages
+        messages, tools = state.request.messages, state.request.tools
         policy = state.request.context_policy or state.route.context_policy
+        # Priming and tool definitions: always sent, never trimmed.
+        fixed_bound = REPLY_PRIMING_TOKENS + tools_upper_bound(tools)
         upper_bound = token_upper_bound(messages)
         # Targets that share a tokenizer share the counts.
         counts_by_counter: dict[int, MessageTokens] = {}
         for target in state.route.targets:
             counts = counts_by_counter.get(id(target.counter))
             if counts is None:
-                counts = MessageTokens(target.counter, messages)
+                counts = MessageTokens(target.counter, messages, tools)
                 counts_by_counter[id(target.counter)] = counts
-            budget = target.context_window - state.max_tokens - REPLY_PRIMING_TOKENS
-            if upper_bound <= budget:
+            room = target.context_window - state.max_tokens
+            if upper_bound + fixed_bound <= room:
                 # Fits for certain: no trimming, and no counting until something needs it.
                 state.prompts[target.id] = Prompt(
-                    messages, counts=counts, token_bound=upper_bound + REPLY_PRIMING_TOKENS
+                    messages, counts=counts, token_bound=upper_bound + fixed_bound
                 )
             elif policy is ContextPolicy.TRIM:
-                trimmed = trim_to_fit(messages, counts, budget)
+                fixed = counts.fixed()
+                trimmed = trim_to_fit(messages, counts, room - fixed)
                 if trimmed is not None:
                     state.prompts[target.id] = Prompt(
                         trimmed.messages,
-                        input_tokens=trimmed.tokens + REPLY_PRIMING_TOKENS,
+                        input_tokens=trimmed.tokens + fixed,
                         trimmed=trimmed.dropped,
                     )
             elif (total := counts.prompt_total()) + state.max_tokens <= target.context_window:

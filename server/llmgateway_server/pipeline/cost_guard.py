@@ -61,7 +61,15 @@ class CostGuardPolicy:
             prompt = state.prompt_for(target)
             if prompt is not None:
                 tokens = prompt.input_tokens if exact else prompt.token_bound
-                worst = max(worst, worst_case_nano(tokens, state.max_tokens, target.price))
+                worst = max(
+                    worst,
+                    worst_case_nano(
+                        tokens,
+                        state.max_tokens,
+                        target.price,
+                        cache_writes=state.request.cache_breakpoints,
+                    ),
+                )
         return worst
 
     # The pipeline skips an ``after`` that does nothing (no task per call for it).

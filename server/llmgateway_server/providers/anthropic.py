@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from llmgateway_server.errors import ProviderError
+from llmgateway_server.providers import anthropic_request
 from llmgateway_server.providers.base import (
     JSON_HEADERS,
     classify_status,
@@ -20,15 +21,16 @@ from llmgateway_server.providers.base import (
     malformed,
     post_json,
     raise_for_status,
+    replay,
     transport_error,
 )
 from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
+from llmgateway_server.providers.tool_calls import ToolCallAssembler, finished_call
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
     FailureClass,
     FinishReason,
-    Role,
     StreamItem,
     TextDelta,
     UpstreamCall,
@@ -40,8 +42,8 @@ _FINISH = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
     "max_tokens": FinishReason.LENGTH,
-    "refusal": FinishReason.CONTENT_FILTER,
-    "tool_use": FinishReason.OTHER,
+    "refusal": FinishReason.REFUSAL,
+    "tool_use": FinishReason.TOOL_CALLS,
     "pause_turn": FinishReason.OTHER,
 }
 _ERROR_STATUS = {
@@ -54,32 +56,48 @@ _ERROR_STATUS = {
     "api_error": 500,
     "overloaded_error": 529,
 }
+_INPUT_USAGE = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation",
+)
 _MALFORMED = (SSEDecodeError, UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError)
 
 
 def _usage(raw: dict[str, Any], output_tokens: int | None = None) -> Usage:
-    cached = int(raw.get("cache_read_input_tokens") or 0)
-    # Cache writes are billed as input here; the price table has no separate write price.
+    """Anthropic's usage in the gateway's terms: its ``input_tokens`` exclude cache reads
+    and writes already, and ``cache_creation`` splits the writes by TTL."""
     written = int(raw.get("cache_creation_input_tokens") or 0)
+    by_ttl = raw.get("cache_creation")
+    written_1h = (
+        int(by_ttl.get("ephemeral_1h_input_tokens") or 0) if isinstance(by_ttl, dict) else 0
+    )
     return Usage(
-        input_tokens=int(raw.get("input_tokens") or 0) + written,
+        input_tokens=int(raw.get("input_tokens") or 0),
         output_tokens=int(raw.get("output_tokens") or 0)
         if output_tokens is None
         else output_tokens,
-        cached_input_tokens=cached,
+        cached_input_tokens=int(raw.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(written, written_1h),
     )
 
 
 def _result(data: Any, model: str) -> UpstreamResult:
     """A whole (non-streaming) message; KeyError/TypeError/... when malformed."""
-    text = "".join(
-        block.get("text", "") for block in data["content"] if block.get("type") == "text"
-    )
+    blocks = data["content"]
+    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
     return UpstreamResult(
         content=text,
         finish_reason=_FINISH.get(data.get("stop_reason"), FinishReason.OTHER),
         usage=_usage(data.get("usage") or {}),
         upstream_model=str(data.get("model") or model),
+        tool_calls=tuple(
+            finished_call(str(block["name"]), orjson.dumps(block.get("input") or {}).decode())
+            for block in blocks
+            if block.get("type") == "tool_use"
+        ),
     )
 
 
@@ -109,33 +127,9 @@ class AnthropicProvider:
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
 
-    def _body(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
-        system = "\n\n".join(m.content for m in call.messages if m.role is Role.SYSTEM)
-        messages: list[dict[str, str]] = []
-        for m in call.messages:
-            if m.role is Role.SYSTEM:
-                continue
-            # The Messages API wants alternating turns: merge consecutive same-role ones.
-            if messages and messages[-1]["role"] == m.role.value:
-                messages[-1]["content"] += "\n\n" + m.content
-            else:
-                messages.append({"role": m.role.value, "content": m.content})
-        body: dict[str, Any] = {
-            "model": call.upstream_model,
-            "messages": messages,
-            "max_tokens": call.max_tokens,
-        }
-        if system:
-            body["system"] = system
-        if call.temperature is not None:
-            body["temperature"] = min(call.temperature, 1.0)  # Anthropic's range is [0, 1]
-        if call.top_p is not None:
-            body["top_p"] = call.top_p
-        if call.stop:
-            body["stop_sequences"] = list(call.stop)
-        if stream:
-            body["stream"] = True
-        return body
+    @staticmethod
+    def _body(call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
+        return anthropic_request.body(call, stream=stream)
 
     async def complete(self, call: UpstreamCall) -> UpstreamResult:
         """Non-streaming message."""
@@ -161,6 +155,7 @@ class AnthropicProvider:
         the result.
         """
         parts: list[str] = []
+        tools = ToolCallAssembler()
         start_usage: dict[str, Any] = {}
         output_tokens: int | None = None
         finish = FinishReason.OTHER
@@ -183,10 +178,29 @@ class AnthropicProvider:
                 else:
                     async for event, data in events:
                         if event == "content_block_delta":
-                            delta = orjson.loads(data)["delta"]
-                            if delta.get("type") == "text_delta" and delta.get("text"):
+                            payload = orjson.loads(data)
+                            delta = payload["delta"]
+                            kind = delta.get("type")
+                            if kind == "text_delta" and delta.get("text"):
                                 parts.append(delta["text"])
                                 yield TextDelta(delta["text"])
+                            elif kind == "input_json_delta" and delta.get("partial_json"):
+                                # The first fragment is "" (skipped): never an argument.
+                                fragment = tools.feed(
+                                    int(payload["index"]), None, None, delta["partial_json"]
+                                )
+                                if fragment is not None:
+                                    yield fragment
+                        elif event == "content_block_start":
+                            payload = orjson.loads(data)
+                            block = payload["content_block"]
+                            if block.get("type") == "tool_use":
+                                # Its "input": {} is a placeholder, never an argument.
+                                fragment = tools.feed(
+                                    int(payload["index"]), None, str(block["name"]), ""
+                                )
+                                if fragment is not None:
+                                    yield fragment
                         elif event == "message_start":
                             message = orjson.loads(data)["message"]
                             start_usage = message.get("usage") or {}
@@ -197,7 +211,12 @@ class AnthropicProvider:
                             if reason:
                                 finish = _FINISH.get(reason, FinishReason.OTHER)
                             if payload.get("usage"):
-                                output_tokens = int(payload["usage"].get("output_tokens") or 0)
+                                late = payload["usage"]
+                                output_tokens = int(late.get("output_tokens") or 0)
+                                # Newer streams repeat (cumulative) input-side counts here.
+                                for key in _INPUT_USAGE:
+                                    if late.get(key) is not None:
+                                        start_usage[key] = late[key]
                         elif event == "message_stop":
                             stopped = True
                             break
@@ -209,17 +228,19 @@ class AnthropicProvider:
         except (*_MALFORMED, AttributeError) as exc:
             raise malformed(self.name, exc) from None
         if whole is not None:
-            if whole.content:
-                yield TextDelta(whole.content)
-            yield whole
+            for item in replay(whole):
+                yield item
             return
         if not stopped:
             raise ProviderError(FailureClass.TRANSIENT, f"{self.name}: stream ended early")
+        for item in tools.close():
+            yield item
         yield UpstreamResult(
             content="".join(parts),
             finish_reason=finish,
             usage=_usage(start_usage, output_tokens) if start_usage or output_tokens else None,
             upstream_model=model,
+            tool_calls=tools.calls(),
         )
 
     def _stream_error(self, error: Any) -> NoReturn:

@@ -21,7 +21,15 @@ import orjson
 
 from llmgateway_server.errors import ProviderError
 from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
-from llmgateway_server.types import FailureClass, StreamItem, UpstreamCall, UpstreamResult
+from llmgateway_server.types import (
+    FailureClass,
+    RefusalDelta,
+    StreamItem,
+    TextDelta,
+    ToolCallDelta,
+    UpstreamCall,
+    UpstreamResult,
+)
 
 _MAX_ERROR_BODY = 64 * 1024
 # The shape of a provider's error type/code ("rate_limit_error", "context_length_exceeded").
@@ -261,3 +269,17 @@ def malformed(provider: str, exc: Exception) -> ProviderError:
     return ProviderError(
         FailureClass.TRANSIENT, f"{provider}: malformed response ({type(exc).__name__})"
     )
+
+
+def replay(result: UpstreamResult) -> list[StreamItem]:
+    """A whole answer given to a streaming request, as the stream it stands for: its
+    text, refusal and tool calls as one delta each, then the result."""
+    items: list[StreamItem] = []
+    if result.content:
+        items.append(TextDelta(result.content))
+    if result.refusal:
+        items.append(RefusalDelta(result.refusal))
+    for i, call in enumerate(result.tool_calls):
+        items.append(ToolCallDelta(index=i, id=call.id, name=call.name, arguments=call.arguments))
+    items.append(result)
+    return items

@@ -51,9 +51,7 @@ class MockProvider:
         if self._reply is not None:
             text = self._reply
         else:
-            last_user = next(
-                (m.content for m in reversed(call.messages) if m.role is Role.USER), ""
-            )
+            last_user = next((m.text for m in reversed(call.messages) if m.role is Role.USER), "")
             text = f"This is the llmgateway mock provider. You said: {last_user}"
         words = text.split()
         if len(words) > call.max_tokens:
@@ -61,7 +59,10 @@ class MockProvider:
         return words, FinishReason.STOP
 
     def _usage(self, call: UpstreamCall, output_words: int) -> Usage:
-        return Usage(input_tokens=count_prompt(_COUNTER, call.messages), output_tokens=output_words)
+        return Usage(
+            input_tokens=count_prompt(_COUNTER, call.messages, call.tools),
+            output_tokens=output_words,
+        )
 
     async def complete(self, call: UpstreamCall) -> UpstreamResult:
         """The whole answer after the configured latencies."""

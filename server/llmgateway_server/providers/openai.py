@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from llmgateway_server.errors import ProviderError
+from llmgateway_server.providers import openai_request
 from llmgateway_server.providers.base import (
     JSON_HEADERS,
     encode_json,
@@ -19,16 +20,20 @@ from llmgateway_server.providers.base import (
     malformed,
     post_json,
     raise_for_status,
+    replay,
     transport_error,
 )
 from llmgateway_server.providers.http import UpstreamClient, body_stream, read_body
 from llmgateway_server.providers.sse import SSEDecodeError, iter_sse
+from llmgateway_server.providers.tool_calls import ToolCallAssembler, finished_call
 from llmgateway_server.secrets import Secret
 from llmgateway_server.types import (
     FailureClass,
     FinishReason,
+    RefusalDelta,
     StreamItem,
     TextDelta,
+    ToolCallDelta,
     UpstreamCall,
     UpstreamResult,
     Usage,
@@ -38,22 +43,35 @@ _FINISH = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "content_filter": FinishReason.CONTENT_FILTER,
-    "tool_calls": FinishReason.OTHER,
-    "function_call": FinishReason.OTHER,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
 }
 _MALFORMED = (SSEDecodeError, UnicodeDecodeError, orjson.JSONDecodeError, KeyError, TypeError)
 
 
+def _count(details: Any, name: str) -> int:
+    return int(details.get(name) or 0) if isinstance(details, dict) else 0
+
+
 def _usage(raw: Any) -> Usage | None:
+    """OpenAI's usage in the gateway's terms: its ``prompt_tokens`` include the cached
+    (read) ones and any written to the cache; ``completion_tokens`` include reasoning."""
     if not isinstance(raw, dict):
         return None
     prompt = int(raw.get("prompt_tokens") or 0)
-    details = raw.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    details = raw.get("prompt_tokens_details")
+    cached = _count(details, "cached_tokens")
+    written = _count(details, "cache_write_tokens")
+    output = int(raw.get("completion_tokens") or 0)
     return Usage(
-        input_tokens=max(0, prompt - cached),
-        output_tokens=int(raw.get("completion_tokens") or 0),
+        input_tokens=max(0, prompt - cached - written),
+        output_tokens=output,
         cached_input_tokens=cached,
+        cache_write_tokens=written,
+        reasoning_tokens=min(
+            output, _count(raw.get("completion_tokens_details"), "reasoning_tokens")
+        ),
+        image_input_tokens=_count(details, "image_tokens"),
     )
 
 
@@ -64,12 +82,36 @@ def _finish(value: Any) -> FinishReason:
 def _result(data: Any, model: str) -> UpstreamResult:
     """A whole (non-streaming) chat completion; KeyError/TypeError/... when malformed."""
     choice = data["choices"][0]
+    message = choice["message"]
+    refusal = message.get("refusal") or ""
+    finish = _finish(choice.get("finish_reason"))
     return UpstreamResult(
-        content=choice["message"].get("content") or "",
-        finish_reason=_finish(choice.get("finish_reason")),
+        content=message.get("content") or "",
+        finish_reason=FinishReason.REFUSAL if refusal and finish is FinishReason.STOP else finish,
         usage=_usage(data.get("usage")),
         upstream_model=str(data.get("model") or model),
+        tool_calls=tuple(
+            finished_call(str(c["function"]["name"]), c["function"].get("arguments") or "")
+            for c in message.get("tool_calls") or ()
+        ),
+        refusal=refusal,
     )
+
+
+def _tool_deltas(tools: ToolCallAssembler, fragments: Any) -> list[ToolCallDelta]:
+    """The deltas of one chunk's ``tool_calls`` fragments."""
+    out: list[ToolCallDelta] = []
+    for fragment in fragments:
+        function = fragment.get("function") or {}
+        delta = tools.feed(
+            int(fragment.get("index") or 0),
+            fragment.get("id") or None,
+            function.get("name"),
+            function.get("arguments") or "",
+        )
+        if delta is not None:
+            out.append(delta)
+    return out
 
 
 class OpenAIProvider:
@@ -100,25 +142,7 @@ class OpenAIProvider:
         return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
 
     def _body(self, call: UpstreamCall, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": call.upstream_model,
-            "messages": [
-                {"role": m.role.value, "content": m.content, **({"name": m.name} if m.name else {})}
-                for m in call.messages
-            ],
-            "max_tokens": call.max_tokens,
-        }
-        if call.temperature is not None:
-            body["temperature"] = call.temperature
-        if call.top_p is not None:
-            body["top_p"] = call.top_p
-        if call.stop:
-            body["stop"] = list(call.stop)
-        if stream:
-            body["stream"] = True
-            if self._stream_usage:
-                body["stream_options"] = {"include_usage": True}
-        return body
+        return openai_request.body(call, stream=stream, stream_usage=self._stream_usage)
 
     async def complete(self, call: UpstreamCall) -> UpstreamResult:
         """Non-streaming chat completion."""
@@ -167,6 +191,8 @@ class OpenAIProvider:
         is relayed as one delta and the result.
         """
         parts: list[str] = []
+        refusal: list[str] = []
+        tools = ToolCallAssembler()
         finish: FinishReason | None = None
         usage: Usage | None = None
         model = call.upstream_model
@@ -195,10 +221,17 @@ class OpenAIProvider:
                         if chunk.get("usage"):
                             usage = _usage(chunk["usage"])
                         for choice in chunk.get("choices") or ():
-                            text = (choice.get("delta") or {}).get("content")
+                            delta = choice.get("delta") or {}
+                            text = delta.get("content")
                             if text:
                                 parts.append(text)
                                 yield TextDelta(text)
+                            if delta.get("tool_calls"):
+                                for fragment in _tool_deltas(tools, delta["tool_calls"]):
+                                    yield fragment
+                            if delta.get("refusal"):
+                                refusal.append(delta["refusal"])
+                                yield RefusalDelta(delta["refusal"])
                             if choice.get("finish_reason"):
                                 finish = _finish(choice["finish_reason"])
                     else:
@@ -212,15 +245,22 @@ class OpenAIProvider:
         except (*_MALFORMED, IndexError, AttributeError) as exc:
             raise malformed(self.name, exc) from None
         if whole is not None:
-            if whole.content:
-                yield TextDelta(whole.content)
-            yield whole
+            for item in replay(whole):
+                yield item
             return
+        for closing in tools.close():
+            yield closing
+        said_no = "".join(refusal)
+        finish = finish or FinishReason.STOP
         yield UpstreamResult(
             content="".join(parts),
-            finish_reason=finish or FinishReason.STOP,
+            finish_reason=FinishReason.REFUSAL
+            if said_no and finish is FinishReason.STOP
+            else finish,
             usage=usage,
             upstream_model=model,
+            tool_calls=tools.calls(),
+            refusal=said_no,
         )
 
     def _stream_error(self, error: Any) -> NoReturn:

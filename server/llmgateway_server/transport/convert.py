@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Iterable
 
 from llmgateway.v1 import gateway_pb2 as pb
 
 from llmgateway_server.errors import FieldViolation, invalid_request
 from llmgateway_server.gateway import TokenCount
 from llmgateway_server.routes import Route
+from llmgateway_server.transport.content import (
+    to_messages,
+    to_response_format,
+    to_tool_choice,
+    to_tools,
+)
 from llmgateway_server.types import (
     AttemptOutcome,
     ChatMessage,
@@ -19,21 +24,21 @@ from llmgateway_server.types import (
     CompletionRequest,
     ContextPolicy,
     FinishReason,
-    Role,
+    OutputDelta,
+    TextDelta,
+    Tool,
+    ToolCallDelta,
 )
 
-MAX_MESSAGES = 10_000
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
 MAX_TAGS = 32
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 256
 MAX_REQUEST_ID = 128
-MAX_NAME = 64
 MAX_MODEL = 128
 MAX_TOKENS_CEILING = 1_000_000
 
-_ROLES = {pb.ROLE_SYSTEM: Role.SYSTEM, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
 _POLICIES = {
     pb.CONTEXT_POLICY_UNSPECIFIED: None,
     pb.CONTEXT_POLICY_TRIM: ContextPolicy.TRIM,
@@ -45,6 +50,8 @@ _FINISH = {
     FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
     FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
     FinishReason.OTHER: pb.FINISH_REASON_OTHER,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+    FinishReason.REFUSAL: pb.FINISH_REASON_REFUSAL,
 }
 _OUTCOME = {o: pb.AttemptOutcome.Value(f"ATTEMPT_OUTCOME_{o.value}") for o in AttemptOutcome}
 _TAG_KEY = re.compile(r"[A-Za-z0-9_.:/\-]+")
@@ -53,37 +60,6 @@ _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]+")
 
 CompletionProto = pb.CompleteRequest | pb.StreamCompleteRequest
-
-
-def _messages(
-    messages: Iterable[pb.Message], violations: list[FieldViolation]
-) -> tuple[ChatMessage, ...]:
-    out: list[ChatMessage] = []
-    items = list(messages)
-    if not items:
-        violations.append(FieldViolation("messages", "at least one message is required"))
-    if len(items) > MAX_MESSAGES:
-        violations.append(FieldViolation("messages", f"at most {MAX_MESSAGES} messages"))
-        return ()
-    for i, m in enumerate(items):
-        role = _ROLES.get(m.role)
-        if role is None:
-            violations.append(
-                FieldViolation(
-                    f"messages[{i}].role", "must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
-                )
-            )
-            continue
-        if len(m.name) > MAX_NAME:
-            violations.append(
-                FieldViolation(f"messages[{i}].name", f"at most {MAX_NAME} characters")
-            )
-        out.append(ChatMessage(role=role, content=m.content, name=m.name or None))
-    if out and len(out) == len(items) and all(m.role is Role.SYSTEM for m in out):
-        violations.append(
-            FieldViolation("messages", "at least one user or assistant message is required")
-        )
-    return tuple(out)
 
 
 def to_request(msg: CompletionProto) -> tuple[CompletionRequest, list[FieldViolation]]:
@@ -101,7 +77,10 @@ def to_request(msg: CompletionProto) -> tuple[CompletionRequest, list[FieldViola
     elif not (len(model) <= MAX_MODEL and _NAME.fullmatch(model)):
         v.append(FieldViolation("model", f"1-{MAX_MODEL} of A-Z a-z 0-9 _ . : -"))
         model = ""
-    messages = _messages(msg.messages, v)
+    messages = to_messages(msg.messages, v)
+    tools = to_tools(msg.tools, v)
+    tool_choice = to_tool_choice(msg.tool_choice, msg.HasField("tool_choice"), tools, v)
+    response_format = to_response_format(msg.response_format, msg.HasField("response_format"), v)
     max_tokens: int | None = None
     if msg.HasField("max_tokens"):
         if not 1 <= msg.max_tokens <= MAX_TOKENS_CEILING:
@@ -150,6 +129,9 @@ def to_request(msg: CompletionProto) -> tuple[CompletionRequest, list[FieldViola
         tags=tags,
         request_id=request_id or uuid.uuid4().hex,
         context_policy=context_policy,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=response_format,
     )
     return request, v
 
@@ -176,17 +158,20 @@ def _tags(msg: CompletionProto, v: list[FieldViolation]) -> dict[str, str]:
     return tags
 
 
-def to_count_messages(msg: pb.CountTokensRequest) -> tuple[ChatMessage, ...]:
-    """Validate a CountTokensRequest's messages."""
+def to_count_request(
+    msg: pb.CountTokensRequest,
+) -> tuple[tuple[ChatMessage, ...], tuple[Tool, ...]]:
+    """Validate a CountTokensRequest's messages and tools."""
     v: list[FieldViolation] = []
     if not msg.model:
         v.append(FieldViolation("model", "required"))
     elif not (len(msg.model) <= MAX_MODEL and _NAME.fullmatch(msg.model)):
         v.append(FieldViolation("model", f"1-{MAX_MODEL} of A-Z a-z 0-9 _ . : -"))
-    messages = _messages(msg.messages, v)
+    messages = to_messages(msg.messages, v)
+    tools = to_tools(msg.tools, v)
     if v:
         raise invalid_request(v)
-    return messages
+    return messages, tools
 
 
 def fill_completion(out: pb.Completion, c: Completion) -> None:
@@ -199,15 +184,38 @@ def fill_completion(out: pb.Completion, c: Completion) -> None:
     out.upstream_model = c.upstream_model
     out.request_id = c.request_id
     out.trimmed_message_count = c.trimmed_message_count
+    u = c.usage
     usage = out.usage
-    usage.input_token_count = c.usage.input_tokens
-    usage.output_token_count = c.usage.output_tokens
-    usage.cached_input_token_count = c.usage.cached_input_tokens
+    usage.input_token_count = u.input_tokens
+    usage.output_token_count = u.output_tokens
+    usage.cached_input_token_count = u.cached_input_tokens
+    if u.cache_write_tokens or u.reasoning_tokens or u.image_input_tokens:
+        usage.cache_write_input_token_count = u.cache_write_tokens
+        usage.cache_write_1h_input_token_count = u.cache_write_1h_tokens
+        usage.reasoning_token_count = u.reasoning_tokens
+        usage.image_input_token_count = u.image_input_tokens
+    k = c.cost
     cost = out.cost
-    cost.total_nano_usd = c.cost.total_nano_usd
-    cost.input_nano_usd = c.cost.input_nano_usd
-    cost.output_nano_usd = c.cost.output_nano_usd
-    cost.price_version = c.cost.price_version
+    cost.total_nano_usd = k.total_nano_usd
+    cost.input_nano_usd = k.input_nano_usd
+    cost.output_nano_usd = k.output_nano_usd
+    cost.price_version = k.price_version
+    cost.cache_read_nano_usd = k.cache_read_nano_usd
+    if k.cache_write_5m_nano_usd or k.cache_write_1h_nano_usd or k.reasoning_nano_usd:
+        cost.cache_write_5m_nano_usd = k.cache_write_5m_nano_usd
+        cost.cache_write_1h_nano_usd = k.cache_write_1h_nano_usd
+        cost.reasoning_nano_usd = k.reasoning_nano_usd
+    cost.image_input_nano_usd = k.image_input_nano_usd
+    if c.tool_calls:
+        for call in c.tool_calls:
+            out.tool_calls.add(
+                id=call.id,
+                name=call.name,
+                arguments=call.arguments,
+                arguments_invalid=call.arguments_invalid,
+            )
+    if c.refusal:
+        out.refusal = c.refusal
     for a in c.attempts:
         attempt = out.attempts.add(
             provider=a.provider,
@@ -245,8 +253,39 @@ def model_to_proto(route: Route) -> pb.Model:
                     output_nano_usd_per_million_tokens=t.price.output_nano_per_million,
                     cached_input_nano_usd_per_million_tokens=t.price.cached_input_nano_per_million,
                     version=t.price.version,
+                    cache_write_5m_nano_usd_per_million_tokens=_or(
+                        t.price.cache_write_5m_nano_per_million, t.price.input_nano_per_million
+                    ),
+                    cache_write_1h_nano_usd_per_million_tokens=_or(
+                        t.price.cache_write_1h_nano_per_million, t.price.input_nano_per_million
+                    ),
+                    reasoning_nano_usd_per_million_tokens=_or(
+                        t.price.reasoning_nano_per_million, t.price.output_nano_per_million
+                    ),
+                    image_input_nano_usd_per_million_tokens=_or(
+                        t.price.image_input_nano_per_million, t.price.input_nano_per_million
+                    ),
                 ),
             )
             for t in route.targets
         ],
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def delta_to_proto(item: OutputDelta) -> pb.StreamCompleteResponse:
+    """A stream event for a delta."""
+    if isinstance(item, TextDelta):
+        return pb.StreamCompleteResponse(delta=pb.Delta(text=item.text))
+    if isinstance(item, ToolCallDelta):
+        return pb.StreamCompleteResponse(
+            delta=pb.Delta(
+                tool_call=pb.ToolCallDelta(
+                    index=item.index, id=item.id, name=item.name, arguments=item.arguments
+                )
+            )
+        )
+    return pb.StreamCompleteResponse(delta=pb.Delta(refusal=item.text))

@@ -15,14 +15,15 @@ from llmgateway_server.gateway import Gateway
 from llmgateway_server.transport.context import current_caller, current_tenant
 from llmgateway_server.transport.convert import (
     CompletionProto,
+    delta_to_proto,
     fill_completion,
     model_to_proto,
-    to_count_messages,
+    to_count_request,
     to_request,
     token_count_to_proto,
 )
 from llmgateway_server.transport.status import internal_status, to_status
-from llmgateway_server.types import Completion, TextDelta
+from llmgateway_server.types import Completion, OutputDelta
 
 log = logging.getLogger("llmgateway.servicer")
 
@@ -54,7 +55,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             state = await self._open(request, context, streaming=False)
             completions: list[Completion] = []
 
-            async def keep(item: TextDelta | Completion) -> None:
+            async def keep(item: OutputDelta | Completion) -> None:
                 if isinstance(item, Completion):
                     completions.append(item)
 
@@ -79,9 +80,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         try:
             state = await self._open(request, context, streaming=True)
 
-            async def send(item: TextDelta | Completion) -> None:
-                if isinstance(item, TextDelta):
-                    await context.write(pb.StreamCompleteResponse(delta=pb.Delta(text=item.text)))
+            async def send(item: OutputDelta | Completion) -> None:
+                if not isinstance(item, Completion):
+                    await context.write(delta_to_proto(item))
                 else:
                     last = pb.StreamCompleteResponse()
                     fill_completion(last.result, item)
@@ -99,8 +100,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     ) -> pb.CountTokensResponse:
         """Token count of a prompt on a route; no provider is called."""
         try:
-            messages = to_count_messages(request)
-            count = self._gateway.count_tokens(request.model, messages, current_tenant.get())
+            messages, tools = to_count_request(request)
+            count = self._gateway.count_tokens(request.model, messages, current_tenant.get(), tools)
             return token_count_to_proto(count)
         except GatewayError as exc:
             await context.abort_with_status(to_status(exc))
