@@ -39,7 +39,9 @@ def trim_to_fit(
     message. The rest is divided into turns: a USER message with the ASSISTANT replies
     that follow it up to the next USER message (SYSTEM messages in between belong to no
     turn), and each ASSISTANT message before the first USER message alone. Turns are
-    dropped whole, oldest first, until the rest fits. Returns None when the messages that
+    dropped whole, oldest first, until the rest fits. TOOL results belong to the turn of
+    the assistant call they answer, so a tool call is never kept without its result or
+    the other way round. Returns None when the messages that
     are always kept do not fit on their own, and everything (``dropped == 0``) when all
     of it fits.
 
@@ -52,7 +54,8 @@ def trim_to_fit(
         raise ValueError(f"{n} messages but {len(message_tokens)} token counts")
 
     # Roles once, as a list of plain enum members: the loops below are the hot path.
-    system, user, roles = Role.SYSTEM, Role.USER, [m.role for m in messages]
+    system, user, tool = Role.SYSTEM, Role.USER, Role.TOOL
+    roles = [m.role for m in messages]
 
     # The kept tail starts at the latest USER message.
     tail = n - 1 if n else 0
@@ -73,8 +76,10 @@ def trim_to_fit(
         elif role is user:
             turn_starts.append(i)
             seen_user = True
-        elif not seen_user:
-            turn_starts.append(i)  # a leading ASSISTANT message is a turn of its own
+        elif not seen_user and role is not tool:
+            # A leading ASSISTANT message is a turn of its own (with the TOOL results
+            # that answer its calls: a call and its result go together).
+            turn_starts.append(i)
     for i in range(tail, n):
         mandatory += message_tokens[i]
     if mandatory > budget:

@@ -169,6 +169,16 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+async def _send(stub: Any, streaming: bool, fields: dict[str, Any]) -> None:
+    if streaming:
+        async for _ in stub.StreamComplete(
+            pb.StreamCompleteRequest(model="gpt", **fields), timeout=10
+        ):
+            pass
+    else:
+        await stub.Complete(pb.CompleteRequest(model="gpt", **fields), timeout=10)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("streaming", [False, True])
 async def test_refused_with_a_field_violation_and_nothing_sent(
@@ -181,13 +191,7 @@ async def test_refused_with_a_field_violation_and_nothing_sent(
     )
     async with running_gateway(config, env=ENV) as gw:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            if streaming:
-                async for _ in gw.stub.StreamComplete(
-                    pb.StreamCompleteRequest(model="gpt", **fields), timeout=10
-                ):
-                    pass
-            else:
-                await gw.stub.Complete(pb.CompleteRequest(model="gpt", **fields), timeout=10)
+            await _send(gw.stub, streaming, fields)
         # The refusal is in the ledger like any other call.
         (record,) = gw.ledger.records
         assert record.outcome == "rejected"

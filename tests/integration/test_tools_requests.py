@@ -48,16 +48,17 @@ async def _call(up: FakeUpstream, route: str, streaming: bool, **fields: Any) ->
     """Make one call on ``route`` and return the JSON body the upstream received."""
     up.script_any(Respond(text="ok", input_tokens=10, output_tokens=1))
     async with running_gateway(providers_config(up.base_url), env=ENV) as gw:
+        stub: Any = gw.stub
         if streaming:
             events = [
                 e
-                async for e in gw.stub.StreamComplete(
+                async for e in stub.StreamComplete(
                     pb.StreamCompleteRequest(model=route, max_tokens=64, **fields), timeout=10
                 )
             ]
             assert events[-1].HasField("result")
         else:
-            await gw.stub.Complete(
+            await stub.Complete(
                 pb.CompleteRequest(model=route, max_tokens=64, **fields), timeout=10
             )
     body = up.requests[-1].body
@@ -226,7 +227,10 @@ async def test_tool_choice_translates_for_each_provider(
 async def test_structured_output_uses_each_providers_native_form(
     upstream: FakeUpstream, streaming: bool
 ) -> None:
-    schema = '{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],"additionalProperties":false}'
+    schema = (
+        '{"type":"object","properties":{"name":{"type":"string"}},"required":["name"],'
+        '"additionalProperties":false}'
+    )
     fmt = pb.ResponseFormat(
         type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, name="person", schema=schema, strict=True
     )
@@ -256,7 +260,8 @@ async def test_structured_output_uses_each_providers_native_form(
             },
         }
     }
-    assert "tools" not in body and "tool_choice" not in body  # not tool-forcing
+    assert "tools" not in body  # native structured output, not tool-forcing
+    assert "tool_choice" not in body
 
 
 async def test_json_object_output(upstream: FakeUpstream) -> None:

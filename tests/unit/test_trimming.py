@@ -178,3 +178,30 @@ def test_trims_a_10000_message_conversation_well_under_a_second() -> None:
     assert result is not None
     assert result.dropped == 5000  # 2,500 pairs; 2,499 pairs + system + last user fit
     assert elapsed < 1.0  # a generous bound; bench/bench_context.py measures properly
+
+
+T = Role.TOOL
+
+
+def test_a_tool_call_and_its_results_are_dropped_together() -> None:
+    # user, assistant calling two tools, both results, assistant answer, user (kept tail).
+    messages = chat(U, A, T, T, A, U, A, T, U)
+    counts = [10] * 9
+    # Everything but the newest user: the first turn is 0-4, the second 5-7.
+    result = trim_to_fit(messages, counts, budget=40)
+    assert positions(result) == [5, 6, 7, 8]
+    result = trim_to_fit(messages, counts, budget=39)
+    assert positions(result) == [8]
+    # Never a result without its call, nor a call without its results.
+    for budget in range(100):
+        kept = positions(trim_to_fit(messages, counts, budget)) if budget >= 10 else []
+        for i in kept:
+            if messages[i].role is T:
+                assert i - 1 in kept, (budget, kept)
+
+
+def test_tool_results_after_a_leading_assistant_belong_to_its_turn() -> None:
+    messages = chat(A, T, U)
+    assert positions(trim_to_fit(messages, [10, 10, 10], budget=30)) == [0, 1, 2]
+    # Not enough for the call with its result: both go, never the call alone.
+    assert positions(trim_to_fit(messages, [10, 10, 10], budget=25)) == [2]

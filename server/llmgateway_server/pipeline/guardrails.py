@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import ClassVar
 
 from llmgateway_server.call import CallState
@@ -21,7 +22,8 @@ from llmgateway_server.errors import ContentBlocked
 from llmgateway_server.guardrails.classifier import ClassifierFailed
 from llmgateway_server.guardrails.output import ClassifierStage, OutputGuard
 from llmgateway_server.guardrails.rules import Guardrails
-from llmgateway_server.guardrails.scanner import scan_all
+from llmgateway_server.guardrails.scanner import Rule, scan_all
+from llmgateway_server.types import ChatMessage
 
 log = logging.getLogger("llmgateway.guardrails")
 
@@ -40,19 +42,9 @@ class GuardrailsPolicy:
             messages = []
             changed = False
             for message in request.messages:
-                scanned = scan_all(rules.input, message.content)
-                state.guardrail_findings.extend(
-                    (label, action, "input") for label, action in scanned.findings
-                )
-                if scanned.blocked_by is not None:
-                    raise ContentBlocked(
-                        f"the prompt was blocked by the {scanned.blocked_by} guardrail",
-                        metadata={"category": scanned.blocked_by, "direction": "input"},
-                    )
-                if scanned.text != message.content:
-                    changed = True
-                    message = dataclasses.replace(message, content=scanned.text)
-                messages.append(message)
+                scanned = self._scan_message(state, rules.input, message)
+                changed = changed or scanned is not message
+                messages.append(scanned)
             if changed:
                 state.request = dataclasses.replace(request, messages=tuple(messages))
         if rules.input_classifier is not None:
@@ -61,9 +53,39 @@ class GuardrailsPolicy:
             state.output_guard = OutputGuard(rules.output, rules.output_classifier)
 
     @staticmethod
+    def _scan_message(state: CallState, rules: Sequence[Rule], message: ChatMessage) -> ChatMessage:
+        """The message with its text (content, or each text part) redacted; raises
+        ContentBlocked when a blocking detector matches."""
+        texts = [message.content] if not message.parts else [p.text for p in message.parts]
+        out: list[str | None] = []
+        for text in texts:
+            if not text:
+                out.append(text)
+                continue
+            scanned = scan_all(rules, text)
+            state.guardrail_findings.extend(
+                (label, action, "input") for label, action in scanned.findings
+            )
+            if scanned.blocked_by is not None:
+                raise ContentBlocked(
+                    f"the prompt was blocked by the {scanned.blocked_by} guardrail",
+                    metadata={"category": scanned.blocked_by, "direction": "input"},
+                )
+            out.append(scanned.text)
+        if out == texts:
+            return message
+        if not message.parts:
+            return dataclasses.replace(message, content=out[0] or "")
+        parts = tuple(
+            dataclasses.replace(p, text=t) if p.text is not None else p
+            for p, t in zip(message.parts, out, strict=True)
+        )
+        return dataclasses.replace(message, parts=parts)
+
+    @staticmethod
     async def _classify_prompt(state: CallState, stage: ClassifierStage) -> None:
         """The classifier's verdict on the (redacted) prompt, all messages together."""
-        text = "\n".join(m.content for m in state.request.messages)
+        text = "\n".join(m.text for m in state.request.messages)
         try:
             verdict = await stage.classifier.classify(text)
         except ClassifierFailed as exc:
