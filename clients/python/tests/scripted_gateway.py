@@ -2,7 +2,8 @@
 
 `ScriptedGatewayServicer` is a real `GatewayServiceServicer` served by a real
 `grpc.aio` server on 127.0.0.1: tests swap its per-method handlers to script answers
-and rich error statuses, and read back what it received in `calls`.
+(`replying`, `streaming` with text, tool-call and refusal deltas) and rich error
+statuses, and read back what it received in `calls` (or `request_to`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -26,6 +27,7 @@ StreamHandler: TypeAlias = Callable[
     [gateway_pb2.StreamCompleteRequest, Context],
     AsyncIterator[gateway_pb2.StreamCompleteResponse],
 ]
+_Request = TypeVar("_Request", bound=ProtoMessage)
 
 
 def rich_status(
@@ -96,6 +98,38 @@ def completion_pb(content: str = "Hello from mock", **overrides: Any) -> gateway
     return gateway_pb2.Completion(**fields)
 
 
+def tool_call_pb(
+    call_id: str, name: str, arguments: str = "{}", *, invalid: bool = False
+) -> gateway_pb2.ToolCall:
+    """A tool call as the gateway returns it."""
+    return gateway_pb2.ToolCall(
+        id=call_id, name=name, arguments=arguments, arguments_invalid=invalid
+    )
+
+
+def tool_call_delta(
+    index: int, call_id: str = "", name: str = "", arguments: str = ""
+) -> gateway_pb2.Delta:
+    """A stream delta carrying one fragment of a tool call."""
+    return gateway_pb2.Delta(
+        tool_call=gateway_pb2.ToolCallDelta(index=index, id=call_id, name=name, arguments=arguments)
+    )
+
+
+def refusal_delta(text: str) -> gateway_pb2.Delta:
+    """A stream delta carrying a piece of the model's refusal."""
+    return gateway_pb2.Delta(refusal=text)
+
+
+def replying(completion: gateway_pb2.Completion) -> UnaryHandler:
+    """A Complete handler that answers `completion`."""
+
+    async def handler(request: Any, context: Context) -> gateway_pb2.CompleteResponse:
+        return gateway_pb2.CompleteResponse(completion=completion)
+
+    return handler
+
+
 def aborting(status: grpc.Status) -> UnaryHandler:
     """A unary handler that fails with `status`."""
 
@@ -106,16 +140,20 @@ def aborting(status: grpc.Status) -> UnaryHandler:
 
 
 def streaming(
-    *deltas: str, result: gateway_pb2.Completion | None = None, status: grpc.Status | None = None
+    *deltas: str | gateway_pb2.Delta,
+    result: gateway_pb2.Completion | None = None,
+    status: grpc.Status | None = None,
 ) -> StreamHandler:
-    """A stream handler that sends `deltas`, then `result` if any, then ends with
-    `status` (OK when None)."""
+    """A stream handler that sends `deltas` (a `str` is a text delta), then `result`
+    if any, then ends with `status` (OK when None)."""
 
     async def handler(
         request: gateway_pb2.StreamCompleteRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.StreamCompleteResponse]:
-        for text in deltas:
-            yield gateway_pb2.StreamCompleteResponse(delta=gateway_pb2.Delta(text=text))
+        for delta in deltas:
+            if isinstance(delta, str):
+                delta = gateway_pb2.Delta(text=delta)
+            yield gateway_pb2.StreamCompleteResponse(delta=delta)
         if result is not None:
             yield gateway_pb2.StreamCompleteResponse(result=result)
         if status is not None:
@@ -199,6 +237,12 @@ class ScriptedGatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     def calls_to(self, method: str) -> list[ReceivedCall]:
         return [call for call in self.calls if call.method == method]
+
+    def request_to(self, method: str, request_type: type[_Request]) -> _Request:
+        """The request of the last call to `method`, checked to be a `request_type`."""
+        request = self.calls_to(method)[-1].request
+        assert isinstance(request, request_type)
+        return request
 
     def _record(self, method: str, request: ProtoMessage, context: Context) -> None:
         metadata = {

@@ -12,15 +12,28 @@ import llmgateway_client
 import pytest
 from conftest import API_KEY
 from llmgateway.v1 import gateway_pb2
-from llmgateway_client import Client, Completion
+from llmgateway_client import (
+    Client,
+    Completion,
+    RefusalDelta,
+    StreamEvent,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+)
 from scripted_gateway import (
     ScriptedGateway,
     aborting,
     bad_request,
     completion_pb,
     hang_forever,
+    refusal_delta,
     rich_status,
     streaming,
+    tool_call_delta,
+    tool_call_pb,
 )
 
 
@@ -59,6 +72,65 @@ async def test_sync_stream_yields_text_deltas_then_the_completion(
     assert items[:3] == ["Hello", " from", " mock"]
     assert isinstance(items[3], Completion)
     assert items[3].usage.input_tokens == 12
+
+
+async def test_sync_stream_events_and_tool_calls(gateway: ScriptedGateway) -> None:
+    gateway.servicer.stream = streaming(
+        "Hm",
+        tool_call_delta(0, "call_1", "lookup"),
+        tool_call_delta(0, arguments='{"q": 1}'),
+        refusal_delta("no"),
+        result=completion_pb(
+            "Hm",
+            finish_reason=gateway_pb2.FINISH_REASON_TOOL_CALLS,
+            tool_calls=[tool_call_pb("call_1", "lookup", '{"q": 1}')],
+        ),
+    )
+
+    def work() -> tuple[list[StreamEvent], list[str | Completion], tuple[ToolCall, ...]]:
+        with Client(gateway.target) as client:
+            tools = [Tool("lookup", parameters='{"type": "object"}')]
+            stream = client.stream("default", "Hi", tools=tools, tool_choice=ToolChoice.required())
+            events = list(stream.events())
+            plain = list(client.stream("default", "Hi", tools=tools))
+            return events, plain, stream.tool_calls
+
+    events, plain, accumulated = await asyncio.to_thread(work)
+
+    assert events[:-1] == [
+        TextDelta("Hm"),
+        ToolCallDelta(0, "call_1", "lookup", ""),
+        ToolCallDelta(0, "", "", '{"q": 1}'),
+        RefusalDelta("no"),
+    ]
+    completion = events[-1]
+    assert isinstance(completion, Completion)
+    assert completion.tool_calls == (ToolCall("call_1", "lookup", '{"q": 1}'),)
+    assert accumulated == completion.tool_calls
+    assert plain[0] == "Hm"
+    assert len(plain) == 2
+    assert isinstance(plain[1], Completion)
+    request = gateway.servicer.calls_to("StreamComplete")[0].request
+    assert isinstance(request, gateway_pb2.StreamCompleteRequest)
+    assert request.tools[0].parameters == '{"type": "object"}'
+    assert request.tool_choice.mode == gateway_pb2.TOOL_CHOICE_MODE_REQUIRED
+
+
+async def test_sync_complete_and_count_tokens_send_tools(gateway: ScriptedGateway) -> None:
+    tool = Tool("lookup", parameters={"type": "object"})
+
+    def work() -> None:
+        with Client(gateway.target) as client:
+            client.complete("default", "Hi", tools=[tool], tool_choice="none")
+            client.count_tokens("default", "Hi", tools=[tool])
+
+    await asyncio.to_thread(work)
+
+    complete = gateway.servicer.request_to("Complete", gateway_pb2.CompleteRequest)
+    assert complete.tools[0].parameters == '{"type": "object"}'
+    assert complete.tool_choice.mode == gateway_pb2.TOOL_CHOICE_MODE_NONE
+    count = gateway.servicer.request_to("CountTokens", gateway_pb2.CountTokensRequest)
+    assert [t.name for t in count.tools] == ["lookup"]
 
 
 async def test_sync_stream_that_ends_without_a_result_raises_protocol_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import collections.abc
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
@@ -14,6 +15,8 @@ from llmgateway.v1 import gateway_pb2, gateway_pb2_grpc
 from ._config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, call_metadata, channel_options
 from ._convert import (
     MessagesInput,
+    StreamState,
+    ToolChoiceInput,
     completion_from_proto,
     completion_request,
     count_tokens_request,
@@ -21,7 +24,17 @@ from ._convert import (
     token_count_from_proto,
 )
 from ._errors import ProtocolError, error_from_rpc_error
-from ._types import Completion, ContextPolicy, ModelInfo, TokenCount
+from ._types import (
+    Completion,
+    ContextPolicy,
+    ModelInfo,
+    ResponseFormat,
+    StreamEvent,
+    TextDelta,
+    TokenCount,
+    Tool,
+    ToolCall,
+)
 
 if TYPE_CHECKING:
     from typing import Self, TypeAlias
@@ -97,6 +110,9 @@ class Client:
         tags: Mapping[str, str] | None = None,
         request_id: str | None = None,
         context_policy: ContextPolicy | None = None,
+        tools: Iterable[Tool] = (),
+        tool_choice: ToolChoiceInput | None = None,
+        response_format: ResponseFormat | None = None,
         timeout: float | None = None,
     ) -> Completion:
         """Run one chat completion and return the whole answer; see `AsyncClient.complete`."""
@@ -111,6 +127,9 @@ class Client:
             tags=tags,
             request_id=request_id,
             context_policy=context_policy,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
         )
         response = self._unary(self._stub.Complete, request, timeout)
         if not response.HasField("completion"):
@@ -129,12 +148,15 @@ class Client:
         tags: Mapping[str, str] | None = None,
         request_id: str | None = None,
         context_policy: ContextPolicy | None = None,
+        tools: Iterable[Tool] = (),
+        tool_choice: ToolChoiceInput | None = None,
+        response_format: ResponseFormat | None = None,
         timeout: float | None = None,
     ) -> CompletionStream:
         """Run one chat completion, streamed: text deltas (`str`), then the `Completion`.
 
-        The call starts on the first iteration; see `CompletionStream` and
-        `AsyncClient.stream`.
+        `events()` yields typed events instead. The call starts on the first
+        iteration; see `CompletionStream` and `AsyncClient.stream`.
         """
         request = completion_request(
             gateway_pb2.StreamCompleteRequest,
@@ -147,6 +169,9 @@ class Client:
             tags=tags,
             request_id=request_id,
             context_policy=context_policy,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
         )
         deadline = self._call_timeout(timeout)
 
@@ -157,10 +182,16 @@ class Client:
         return CompletionStream(start)
 
     def count_tokens(
-        self, model: str, messages: MessagesInput, *, timeout: float | None = None
+        self,
+        model: str,
+        messages: MessagesInput,
+        *,
+        tools: Iterable[Tool] = (),
+        timeout: float | None = None,
     ) -> TokenCount:
-        """Count the input tokens a prompt uses on a route, without calling a provider."""
-        request = count_tokens_request(model, messages)
+        """Count the input tokens a prompt uses on a route, without calling a provider;
+        the definitions of `tools` count as input."""
+        request = count_tokens_request(model, messages, tools)
         return token_count_from_proto(self._unary(self._stub.CountTokens, request, timeout))
 
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
@@ -208,15 +239,17 @@ class Client:
 class CompletionStream(collections.abc.Iterator["str | Completion"]):
     """A streamed completion: iterate for the text deltas, then the `Completion`.
 
-    The blocking twin of `AsyncCompletionStream`. Leaving the loop early cancels the
-    call (when the stream is dropped; explicitly with `close()` or `with`), and so
-    does a `KeyboardInterrupt` while waiting.
+    The blocking twin of `AsyncCompletionStream`, with the same `events()`, `text`,
+    `refusal` and `tool_calls`. Leaving the loop early cancels the call (when the
+    stream is dropped; explicitly with `close()` or `with`), and so does a
+    `KeyboardInterrupt` while waiting.
     """
 
     def __init__(self, start: Callable[[], _StreamCall]) -> None:
         self._start = start
         self._call: _StreamCall | None = None
-        self._chunks: list[str] = []
+        self._state = StreamState()
+        self._pending: collections.deque[StreamEvent] = collections.deque()
         self._result: Completion | None = None
         self._completion: Completion | None = None
         self._finished = False
@@ -229,11 +262,40 @@ class CompletionStream(collections.abc.Iterator["str | Completion"]):
     @property
     def text(self) -> str:
         """The text received so far."""
-        return "".join(self._chunks)
+        return self._state.text
+
+    @property
+    def refusal(self) -> str:
+        """The refusal text received so far."""
+        return self._state.refusal
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls received so far, put together from their fragments."""
+        return self._state.tool_calls.tool_calls
+
+    def events(self) -> collections.abc.Iterator[StreamEvent]:
+        """Iterate the stream as typed events: `TextDelta`, `ToolCallDelta` and
+        `RefusalDelta` as they arrive, then the `Completion`; see
+        `AsyncCompletionStream.events`."""
+        return _Events(self)
 
     def __next__(self) -> str | Completion:
+        while True:
+            event = self._next_event()
+            if isinstance(event, TextDelta):
+                return event.text
+            if isinstance(event, Completion):
+                return event
+            if event is None:
+                raise StopIteration
+
+    def _next_event(self) -> StreamEvent | None:
+        """The next event, or None once the stream is over."""
+        if self._pending:
+            return self._pending.popleft()
         if self._finished:
-            raise StopIteration
+            return None
         if self._call is None:
             self._call = self._start()
         call = self._call
@@ -258,9 +320,11 @@ class CompletionStream(collections.abc.Iterator["str | Completion"]):
                 call.cancel()
                 raise ProtocolError("the stream sent an event after its result")
             kind = event.WhichOneof("event")
-            if kind == "delta" and event.delta.text:
-                self._chunks.append(event.delta.text)
-                return event.delta.text
+            if kind == "delta":
+                events = self._state.feed(event.delta)
+                if events:
+                    self._pending.extend(events[1:])
+                    return events[0]
             if kind == "result":
                 # Returned once the stream ends, so a failing status still wins.
                 self._result = completion_from_proto(event.result)
@@ -277,6 +341,7 @@ class CompletionStream(collections.abc.Iterator["str | Completion"]):
     def close(self) -> None:
         """Stop iterating, cancelling the call if it is still running."""
         self._finished = True
+        self._pending.clear()
         if self._call is not None:
             self._call.cancel()
 
@@ -295,3 +360,16 @@ class CompletionStream(collections.abc.Iterator["str | Completion"]):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class _Events(collections.abc.Iterator[StreamEvent]):
+    """`CompletionStream.events()`: the stream's typed events."""
+
+    def __init__(self, stream: CompletionStream) -> None:
+        self._stream = stream
+
+    def __next__(self) -> StreamEvent:
+        event = self._stream._next_event()
+        if event is None:
+            raise StopIteration
+        return event
