@@ -23,6 +23,11 @@ models on the same server::
         ...
         assert up.request_count("gpt-primary") == 2
 
+Recorded provider answers (tool calls, structured output, refusals, images, prompt-cache
+usage; ``tests/data/recorded/README.md`` lists them) are replayed byte for byte::
+
+    up.script("gpt-4o", Replay("tool_call"))  # JSON or SSE, as the request asks
+
 A request takes, in this order: the next behaviour queued by ``script(model, ...)``, else the
 next one queued by ``script_any(...)``, else ``set_default(model, ...)``, else
 ``set_default(None, ...)``, else the normal answer.
@@ -52,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, TypeAlias
 
@@ -61,6 +67,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
 __all__ = [
+    "RECORDED_DIR",
     "Behaviour",
     "ContentPolicy",
     "ContextTooLong",
@@ -72,11 +79,16 @@ __all__ = [
     "IgnoreStream",
     "MalformedSSE",
     "RecordedRequest",
+    "Replay",
     "Reset",
     "Respond",
     "StopMidway",
     "StreamError",
     "main",
+    "recorded_body",
+    "recorded_path",
+    "recorded_scenarios",
+    "sse_events",
 ]
 
 Api: TypeAlias = Literal["openai", "anthropic"]
@@ -229,6 +241,69 @@ class IgnoreStream:
     text: str | None = None
 
 
+RECORDED_DIR: Final = Path(__file__).resolve().parents[1] / "data" / "recorded"
+_SCENARIO_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_]*")
+
+
+def recorded_path(api: Api, scenario: str, *, stream: bool) -> Path:
+    """``tests/data/recorded/<api>/<scenario>.sse`` (``stream``) or ``.json``."""
+    if not _SCENARIO_NAME.fullmatch(scenario):
+        raise ValueError(f"not a recorded scenario name: {scenario!r}")
+    return RECORDED_DIR / api / f"{scenario}.{'sse' if stream else 'json'}"
+
+
+@functools.lru_cache(maxsize=128)
+def _read_recorded(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def recorded_body(api: Api, scenario: str, *, stream: bool) -> bytes:
+    """The recorded response body, exactly as stored (FileNotFoundError when there is none)."""
+    return _read_recorded(recorded_path(api, scenario, stream=stream))
+
+
+def recorded_scenarios(api: Api) -> list[str]:
+    """The scenarios recorded for ``api`` (a scenario may have only one of .json / .sse)."""
+    return sorted(
+        {p.stem for p in (RECORDED_DIR / api).glob("*.*") if p.suffix in {".json", ".sse"}}
+    )
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    """An SSE body cut into its events, each with its terminating blank line."""
+    events = [event + b"\n\n" for event in body.split(b"\n\n")]
+    if events[-1] == b"\n\n":
+        events.pop()
+    else:
+        events[-1] = events[-1][:-2]  # a body without a final blank line keeps its tail as is
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A recorded provider answer, sent byte for byte: ``RECORDED_DIR/<api>/<scenario>.json``
+    for a non-streaming request, ``.sse`` for ``"stream": true`` (the API is the request
+    path's). The JSON goes out as ``application/json``; the SSE stream event by event, with
+    ``chunk_delay_s`` (default: the server's) between events. Both carry the usual request-id
+    header. The recording is not adapted to the request: its ``model``, ids and usage (and an
+    OpenAI stream's final usage chunk, even without ``stream_options.include_usage``) are
+    what was recorded. A request with no recording for its API and mode gets a 500 saying
+    so. ``first_byte_delay_s`` adds to the server's ``latency_s``.
+    """
+
+    scenario: str
+    chunk_delay_s: float | None = None
+    first_byte_delay_s: float = 0
+
+    def __post_init__(self) -> None:
+        if not any(
+            recorded_path(api, self.scenario, stream=stream).is_file()
+            for api in ("openai", "anthropic")
+            for stream in (False, True)
+        ):
+            raise ValueError(f"no recording named {self.scenario!r} under {RECORDED_DIR}")
+
+
 Behaviour: TypeAlias = (
     Respond
     | Error
@@ -242,6 +317,7 @@ Behaviour: TypeAlias = (
     | StreamError
     | EchoHeaders
     | IgnoreStream
+    | Replay
 )
 
 
@@ -980,7 +1056,7 @@ class FakeUpstream:
 
     async def _run(self, ctx: _Ctx, behaviour: Behaviour | None) -> web.StreamResponse:
         delay = self.latency_s
-        if isinstance(behaviour, Respond):
+        if isinstance(behaviour, Respond | Replay):
             delay += behaviour.first_byte_delay_s
         if delay > 0 and await self._pause(ctx, delay):
             return web.Response()  # the client has gone; aiohttp drops this quietly
@@ -1042,6 +1118,8 @@ class FakeUpstream:
                 content_type=_JSON_CONTENT_TYPE,
                 headers=self._id_headers(ctx.api, ctx.req_id),
             )
+        if isinstance(behaviour, Replay):
+            return await self._replay(ctx, behaviour)
         return await self._stream_error(ctx, behaviour)
 
     # -- successful answers ------------------------------------------------------------------
@@ -1279,6 +1357,39 @@ class FakeUpstream:
             return resp
         try:
             await resp.write_eof()
+        except ConnectionResetError:
+            self._note_disconnect(ctx.rec)
+        return resp
+
+    async def _replay(self, ctx: _Ctx, r: Replay) -> web.StreamResponse:
+        """Send a recorded answer (see ``Replay``)."""
+        try:
+            body = recorded_body(ctx.api, r.scenario, stream=ctx.stream)
+        except FileNotFoundError:
+            path = recorded_path(ctx.api, r.scenario, stream=ctx.stream)
+            message = f"FakeUpstream: no recording {path.relative_to(RECORDED_DIR)}"
+            return self._api_error(ctx.api, 500, None, message, ctx.req_id, ctx.model)
+        headers = self._id_headers(ctx.api, ctx.req_id)
+        if not ctx.stream:
+            return web.Response(body=body, content_type=_JSON_CONTENT_TYPE, headers=headers)
+        headers["Content-Type"] = _SSE_CONTENT_TYPE
+        headers["Cache-Control"] = "no-cache"
+        resp = web.StreamResponse(headers=headers)
+        try:
+            await resp.prepare(ctx.request)
+        except ConnectionResetError:
+            self._note_disconnect(ctx.rec)
+            return resp
+        delay = self.chunk_delay_s if r.chunk_delay_s is None else r.chunk_delay_s
+        if delay > 0:
+            for i, event in enumerate(sse_events(body)):
+                if i and await self._pause(ctx, delay):
+                    return resp
+                if not await self._write(ctx, resp, event):
+                    return resp
+            body = b""
+        try:
+            await resp.write_eof(body)
         except ConnectionResetError:
             self._note_disconnect(ctx.rec)
         return resp
