@@ -385,3 +385,33 @@ async def test_plain_text_requests_keep_their_plain_form(upstream: FakeUpstream)
     body = await _call(upstream, "gpt", False, messages=[user("a")])
     for key in ("tools", "tool_choice", "parallel_tool_calls", "response_format"):
         assert key not in body
+
+
+# Key order that is not sorted, $defs and $ref nested two deep, a big integer beyond 64
+# bits, a float written with an exponent, and spacing: what a parse-and-reserialize loses.
+REF_SCHEMA = (
+    '{"type": "object", "$defs": {"address": {"type": "object", "properties": '
+    '{"zip": {"type": "string"}, "city": {"$ref": "#/$defs/city"}}}, "city": '
+    '{"type": "string", "maxLength": 12345678901234567890123}}, "properties": '
+    '{"home": {"$ref": "#/$defs/address"}, "ratio": {"type": "number", "maximum": 1.0e2}}}'
+)
+
+
+@pytest.mark.parametrize("route", ["gpt", "claude"])
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_nested_ref_schema_arrives_upstream_byte_for_byte(
+    upstream: FakeUpstream, route: str, streaming: bool
+) -> None:
+    await _call(
+        upstream,
+        route,
+        streaming,
+        messages=[user("where?")],
+        tools=[pb.Tool(name="locate", parameters=REF_SCHEMA)],
+        response_format=pb.ResponseFormat(
+            type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, name="place", schema=REF_SCHEMA
+        ),
+    )
+    raw = upstream.requests[-1].raw
+    # Once as the tool's schema, once as the output schema.
+    assert raw.count(REF_SCHEMA.encode()) == 2

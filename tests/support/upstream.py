@@ -339,6 +339,7 @@ class RecordedRequest:
     stream: bool
     time: float  # time.monotonic() at arrival
     disconnected: bool = False  # the client went away while this request was in progress
+    raw: bytes = b""  # the body's bytes as received
 
     @property
     def json(self) -> Any:
@@ -908,6 +909,7 @@ class FakeUpstream:
             model=model,
             stream=stream,
             time=time.monotonic(),
+            raw=raw if self.record else b"",
         )
         if self.record:
             self.requests.append(rec)
