@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
+import orjson
 from llmgateway.v1 import gateway_pb2 as pb
 
 from llmgateway_server.errors import FieldViolation
@@ -78,15 +79,24 @@ _IDENT = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 def json_object_problem(text: str) -> str | None:
-    """Why ``text`` is not a JSON object, or None. Parsed with the standard library, which
-    keeps integers of any size (the text itself is what is sent on)."""
+    """Why ``text`` is not a JSON object, or None. orjson parses first (fast); what it
+    refuses is tried again with the standard library, which keeps integers of any size
+    (the text itself is what is sent on, so nothing is lost either way). NaN and Infinity
+    are not JSON, whatever the standard library's defaults say."""
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return "must be valid JSON"
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(text, parse_constant=_not_json)
+        except (ValueError, RecursionError):
+            return "must be valid JSON"
     if not isinstance(value, dict):
         return "must be a JSON object"
     return None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _cache(field: pb.CacheControl, has: bool) -> CacheTTL | None:
@@ -100,6 +110,7 @@ class _Messages:
     def __init__(self, violations: list[FieldViolation]) -> None:
         self.v = violations
         self.images = 0
+        self.tool_turns = False  # any tool call or tool result: pairing to check
 
     def convert(self, messages: Sequence[pb.Message]) -> tuple[ChatMessage, ...]:
         v = self.v
@@ -118,7 +129,8 @@ class _Messages:
                 v.append(
                     FieldViolation("messages", "at least one user or assistant message is required")
                 )
-            self._pair_tool_calls(out)
+            if self.tool_turns:
+                self._pair_tool_calls(out)
         if self.images > MAX_IMAGES:
             v.append(FieldViolation("messages", f"at most {MAX_IMAGES} images in a request"))
         return tuple(out)
@@ -141,6 +153,7 @@ class _Messages:
             m.parts or m.tool_calls or m.tool_call_id or m.is_error or m.HasField("cache_control")
         ):
             return ChatMessage(role=role, content=m.content, name=m.name or None)
+        self.tool_turns = self.tool_turns or bool(m.tool_calls) or role is Role.TOOL
         parts = self._parts(where, role, m.parts)
         if m.parts and m.content:
             v.append(FieldViolation(f"{where}.parts", "set either content or parts, not both"))
@@ -351,35 +364,39 @@ def to_tools(tools: Iterable[pb.Tool], v: list[FieldViolation]) -> tuple[Tool, .
     out: list[Tool] = []
     names: set[str] = set()
     for i, t in enumerate(items):
-        at = f"tools[{i}]"
+        # Each field read once: every read of a string field makes a new Python string.
+        name, description, parameters = t.name, t.description, t.parameters
         ok = True
-        if not _IDENT.fullmatch(t.name):
-            v.append(FieldViolation(f"{at}.name", "1-64 of A-Z a-z 0-9 _ -"))
+        if not _IDENT.fullmatch(name):
+            v.append(FieldViolation(f"tools[{i}].name", "1-64 of A-Z a-z 0-9 _ -"))
             ok = False
-        elif t.name in names:
-            v.append(FieldViolation(f"{at}.name", "two tools have this name"))
+        elif name in names:
+            v.append(FieldViolation(f"tools[{i}].name", "two tools have this name"))
             ok = False
-        names.add(t.name)
-        if len(t.description) > MAX_DESCRIPTION:
-            v.append(FieldViolation(f"{at}.description", f"at most {MAX_DESCRIPTION} characters"))
+        names.add(name)
+        if len(description) > MAX_DESCRIPTION:
+            v.append(
+                FieldViolation(f"tools[{i}].description", f"at most {MAX_DESCRIPTION} characters")
+            )
             ok = False
-        if t.parameters:
+        if parameters:
             problem = (
                 f"at most {MAX_SCHEMA_CHARS} characters"
-                if len(t.parameters) > MAX_SCHEMA_CHARS
-                else json_object_problem(t.parameters)
+                if len(parameters) > MAX_SCHEMA_CHARS
+                else json_object_problem(parameters)
             )
             if problem is not None:
-                v.append(FieldViolation(f"{at}.parameters", problem))
+                v.append(FieldViolation(f"tools[{i}].parameters", problem))
                 ok = False
         if ok:
+            has_cache = t.HasField("cache_control")
             out.append(
                 Tool(
-                    name=t.name,
-                    description=t.description,
-                    parameters=t.parameters,
+                    name=name,
+                    description=description,
+                    parameters=parameters,
                     strict=t.strict,
-                    cache=_cache(t.cache_control, t.HasField("cache_control")),
+                    cache=_cache(t.cache_control, True) if has_cache else None,
                 )
             )
     return tuple(out)
