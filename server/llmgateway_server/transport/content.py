@@ -150,7 +150,12 @@ class _Messages:
         if len(m.name) > MAX_NAME:
             v.append(FieldViolation(f"{where}.name", f"at most {MAX_NAME} characters"))
         if not (
-            m.parts or m.tool_calls or m.tool_call_id or m.is_error or m.HasField("cache_control")
+            role is Role.TOOL
+            or m.parts
+            or m.tool_calls
+            or m.tool_call_id
+            or m.is_error
+            or m.HasField("cache_control")
         ):
             return ChatMessage(role=role, content=m.content, name=m.name or None)
         self.tool_turns = self.tool_turns or bool(m.tool_calls) or role is Role.TOOL
