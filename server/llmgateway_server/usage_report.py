@@ -38,7 +38,8 @@ STORE_DOWN = "the usage ledger is unavailable"
 
 @dataclass(frozen=True, slots=True)
 class UsageLine:
-    """One group of a report; ``group`` keyed by the group_by entries as written."""
+    """One group of a report; ``group`` keyed by the group_by entries as written. The
+    token sums are those of ``storage.base.UsageRow``."""
 
     group: Mapping[str, str]
     calls: int
@@ -46,6 +47,10 @@ class UsageLine:
     output_tokens: int
     cached_input_tokens: int
     cost_nano_usd: int
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_input_tokens: int = 0
 
 
 class UsageReports:
@@ -96,6 +101,10 @@ class UsageReports:
                 output_tokens=row.output_tokens,
                 cached_input_tokens=row.cached_input_tokens,
                 cost_nano_usd=row.cost_nano_usd,
+                cache_write_tokens=row.cache_write_tokens,
+                cache_write_1h_tokens=row.cache_write_1h_tokens,
+                reasoning_tokens=row.reasoning_tokens,
+                image_input_tokens=row.image_input_tokens,
             )
             for row in rows
         ]

@@ -9,12 +9,17 @@ import time
 from pathlib import Path
 
 import psycopg
+from google.protobuf import timestamp_pb2
 from llmgateway.v1 import gateway_pb2 as pb
+from llmgateway.v1 import usage_pb2 as upb
+from llmgateway.v1 import usage_pb2_grpc as upb_grpc
+from llmgateway_server.storage.base import AttemptRecord, UsageRecord
 
+from tests.support import admin
 from tests.support.configs import ENV, providers_config
 from tests.support.gateway import running_gateway, user
 from tests.support.servers import PostgresServer
-from tests.support.upstream import FakeUpstream
+from tests.support.upstream import FakeUpstream, Replay
 
 
 def _config(base_url: str, tmp_path: Path, postgres_server: PostgresServer) -> str:
@@ -86,3 +91,107 @@ async def test_calls_go_on_while_postgresql_is_down_and_their_rows_arrive_once_i
         cur = await conn.execute("SELECT count(*), count(DISTINCT request_id) FROM usage_calls")
         total, distinct = (await cur.fetchone()) or (0, 0)
     assert total == distinct == len(wanted)  # none lost, none doubled
+
+
+_PARTS = "cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, image_input_tokens"
+
+
+async def _fetch(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(sql, params)
+        return list(await cur.fetchall())
+
+
+async def test_cache_writes_reach_postgresql_per_call_and_per_attempt_as_the_caller_saw_them(
+    upstream: FakeUpstream, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    # A recorded Anthropic answer that wrote 2500 prompt tokens to the cache (1000 of them
+    # with the 1-hour TTL) and read 1800 from it.
+    upstream.script("claude-haiku", Replay("prompt_caching"))
+    async with running_gateway(
+        _config(upstream.base_url, tmp_path, postgres_server), env=ENV
+    ) as gw:
+        reply = await gw.stub.Complete(
+            pb.CompleteRequest(model="claude", messages=[user("Can we terminate?")]), timeout=10
+        )
+        result = reply.completion
+        await _until_rows(postgres_server.url, {result.request_id})
+    usage = result.usage
+    seen = (
+        usage.cache_write_input_token_count,
+        usage.cache_write_1h_input_token_count,
+        usage.reasoning_token_count,
+        usage.image_input_token_count,
+    )
+    assert seen[:2] == (2500, 1000)
+    url = postgres_server.url
+    assert await _fetch(
+        url,
+        f"SELECT input_tokens, cached_input_tokens, {_PARTS} FROM usage_calls "
+        "WHERE request_id = %s",
+        result.request_id,
+    ) == [(usage.input_token_count, usage.cached_input_token_count, *seen)]
+    assert await _fetch(
+        url, f"SELECT {_PARTS} FROM usage_attempts WHERE request_id = %s", result.request_id
+    ) == [seen]
+
+
+async def test_get_usage_on_postgresql_sums_cache_write_reasoning_and_image_tokens(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    sqlite = tmp_path / "gateway.db"
+    config = admin.admin_config(sqlite).replace(
+        f"url: sqlite:///{sqlite}\n",
+        f"url: sqlite:///{sqlite}\n  ledger_url: {postgres_server.url}\n",
+    )
+    async with running_gateway(config, env=admin.ENV) as gw:
+        now = time.time()
+        # Through the gateway's ledger (outbox, then PostgreSQL), as the ledger policy
+        # writes a call's record (the mock provider reports none of these counts).
+        for request_id, writes, writes_1h, reasoning, images in (
+            ("a", 400, 300, 12, 5),
+            ("b", 8, 0, 0, 1),
+        ):
+            await gw.ledger.write(
+                UsageRecord(
+                    request_id,
+                    "acme",
+                    "echo",
+                    "success",
+                    now,
+                    input_tokens=10,
+                    output_tokens=20,
+                    cache_write_tokens=writes,
+                    cache_write_1h_tokens=writes_1h,
+                    reasoning_tokens=reasoning,
+                    image_input_tokens=images,
+                    cost_nano_usd=3,
+                    attempts=(AttemptRecord("mock", "mock-echo", "SUCCESS"),),
+                )
+            )
+        reply = await upb_grpc.UsageServiceStub(gw.channel).GetUsage(
+            upb.GetUsageRequest(start_time=_stamp(now - 60)),
+            metadata=gw.metadata(admin.ADMIN_KEY),
+            timeout=10,
+        )
+        rows = await _until_rows(postgres_server.url, {"a", "b"})
+    assert {"a", "b"} <= rows.keys()  # delivered, and counted once whether or not yet
+    assert list(reply.rows) == [
+        upb.UsageRow(
+            group={"tenant": "acme"},
+            call_count=2,
+            input_token_count=20,
+            output_token_count=40,
+            cost_nano_usd=6,
+            cache_write_input_token_count=408,
+            cache_write_1h_input_token_count=300,
+            reasoning_token_count=12,
+            image_input_token_count=6,
+        )
+    ]
+
+
+def _stamp(unix_s: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(unix_s * 1e9))
+    return stamp

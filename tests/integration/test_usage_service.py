@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 from llmgateway.v1 import gateway_pb2 as pb
 from llmgateway.v1 import usage_pb2 as upb
 from llmgateway.v1 import usage_pb2_grpc as upb_grpc
+from llmgateway_server.storage.base import UsageRecord
 
 from tests.support.admin import ADMIN_KEY, TEAM_KEY, admin_gateway, create_key, create_tenant
 from tests.support.gateway import RunningGateway, error_info, user
@@ -158,6 +159,64 @@ async def test_usage_counts_only_calls_inside_the_range() -> None:
         await _call(gw, TEAM_KEY)
         assert [calls for _, calls, *_ in await _usage(gw, ADMIN_KEY, start=after_first)] == [1]
         assert await _usage(gw, ADMIN_KEY, start=after_first - 3600, end=after_first - 1800) == []
+
+
+async def test_usage_sums_cache_write_reasoning_and_image_tokens() -> None:
+    async with admin_gateway() as gw:
+        now = time.time()
+        # Written through the gateway's own ledger (the mock provider reports none of
+        # these counts), as the ledger policy writes a call's record.
+        for request_id, tenant, counts in (
+            ("a", "acme", (10, 100, 400, 300, 20, 12, 5)),
+            ("b", "acme", (1, 0, 8, 0, 2, 0, 0)),
+            ("c", "zeta", (0, 0, 1, 1, 3, 3, 0)),
+        ):
+            inputs, cached, writes, writes_1h, outputs, reasoning, images = counts
+            await gw.ledger.write(
+                UsageRecord(
+                    request_id,
+                    tenant,
+                    "echo",
+                    "success",
+                    now,
+                    input_tokens=inputs,
+                    cached_input_tokens=cached,
+                    cache_write_tokens=writes,
+                    cache_write_1h_tokens=writes_1h,
+                    output_tokens=outputs,
+                    reasoning_tokens=reasoning,
+                    image_input_tokens=images,
+                    cost_nano_usd=7,
+                )
+            )
+        reply = await upb_grpc.UsageServiceStub(gw.channel).GetUsage(
+            upb.GetUsageRequest(start_time=_stamp(now - 60), group_by=["tenant"]),
+            metadata=gw.metadata(ADMIN_KEY),
+            timeout=10,
+        )
+    assert list(reply.rows) == [
+        upb.UsageRow(
+            group={"tenant": "acme"},
+            call_count=2,
+            input_token_count=11,
+            output_token_count=22,
+            cached_input_token_count=100,
+            cost_nano_usd=14,
+            cache_write_input_token_count=408,
+            cache_write_1h_input_token_count=300,
+            reasoning_token_count=12,
+            image_input_token_count=5,
+        ),
+        upb.UsageRow(
+            group={"tenant": "zeta"},
+            call_count=1,
+            output_token_count=3,
+            cost_nano_usd=7,
+            cache_write_input_token_count=1,
+            cache_write_1h_input_token_count=1,
+            reasoning_token_count=3,
+        ),
+    ]
 
 
 @pytest.mark.parametrize(

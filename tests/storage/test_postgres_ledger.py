@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from llmgateway_server.storage.base import (
@@ -37,6 +38,7 @@ from llmgateway_server.storage.postgres import (
     outbox_path_for,
 )
 from llmgateway_server.storage.postgres.migrations import Migration
+from llmgateway_server.storage.postgres.outbox import decode_record, encode_record
 
 from tests.support.servers import (  # noqa: F401 (postgres_server: a fixture)
     PostgresServer,
@@ -78,6 +80,10 @@ def _full_record(request_id: str) -> UsageRecord:
         input_tokens=1200,
         output_tokens=345,
         cached_input_tokens=1000,
+        cache_write_tokens=2048,
+        cache_write_1h_tokens=1024,
+        reasoning_tokens=120,
+        image_input_tokens=765,
         cost_nano_usd=9_876_543_210,
         price_version="2026-11",
         usage_estimated=True,
@@ -89,8 +95,23 @@ def _full_record(request_id: str) -> UsageRecord:
         latency_s=1.25,
         time_to_first_token_s=0.4,
         attempts=(
-            AttemptRecord("openai", "gpt-x", "TRANSIENT", 0.5, 1200, 10, 0, 1_000, True),
-            AttemptRecord("anthropic", "claude-x", "SUCCESS", 0.7, 1200, 335, 1000, 9_876_542_210),
+            AttemptRecord(
+                "openai", "gpt-x", "TRANSIENT", 0.5, 1200, 10, 0, 1_000, True, reasoning_tokens=4
+            ),
+            AttemptRecord(
+                "anthropic",
+                "claude-x",
+                "SUCCESS",
+                0.7,
+                1200,
+                335,
+                1000,
+                9_876_542_210,
+                cache_write_tokens=2048,
+                cache_write_1h_tokens=1024,
+                reasoning_tokens=116,
+                image_input_tokens=765,
+            ),
         ),
     )
 
@@ -188,6 +209,79 @@ async def test_a_failing_step_is_rolled_back_whole_and_the_version_stays(url: st
     assert await _scalar(url, "SELECT to_regclass('half_done') IS NULL") is True
 
 
+async def test_a_version_3_database_gets_the_token_part_columns_and_keeps_its_rows(
+    empty_url: str, tmp_path: Path
+) -> None:
+    url = empty_url
+    assert await migrate(url, steps=MIGRATIONS[:3]) == 3
+    # A call and its attempt as the version-3 gateway's delivery wrote them.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO usage_calls (request_id, tenant, route, outcome, finished_at_unix_s, "
+            "key_prefix, key_id, provider, upstream_model, tags, input_tokens, output_tokens, "
+            "cached_input_tokens, cost_nano_usd, price_version, usage_estimated, streaming, "
+            "error_reason, finish_reason, attempt_count, trimmed_message_count, latency_s, "
+            "time_to_first_token_s, guardrails) VALUES ('old', 'acme', 'default', 'success', "
+            "%s, '', '', 'p', 'm', '{}', 5, 6, 7, 8, 'v', false, false, '', 'stop', 1, 0, 0.5, "
+            "NULL, '{}')",
+            (DAY1 + 1,),
+        )
+        await conn.execute(
+            "INSERT INTO usage_attempts VALUES "
+            "('old', 0, 'p', 'm', 'SUCCESS', 0.5, 5, 6, 7, 8, false)"
+        )
+
+    assert await migrate(url) == LATEST_VERSION
+    versions = await _scalar(url, "SELECT array_agg(version ORDER BY version) FROM schema_version")
+    assert versions == list(range(1, LATEST_VERSION + 1))
+    ledger = await PostgresLedger.open(url, tmp_path / "outbox.db", poll_s=0.1)
+    try:
+        new = _record(
+            "new",
+            input_tokens=1,
+            cache_write_tokens=40,
+            cache_write_1h_tokens=30,
+            reasoning_tokens=20,
+            image_input_tokens=1,
+            attempts=(
+                AttemptRecord(
+                    "p",
+                    "m",
+                    "SUCCESS",
+                    input_tokens=1,
+                    cache_write_tokens=40,
+                    cache_write_1h_tokens=30,
+                    reasoning_tokens=20,
+                    image_input_tokens=1,
+                ),
+            ),
+        )
+        await ledger.write(new)
+        await _delivered(ledger)
+        old = await ledger.get("old")
+        assert await ledger.get("new") == new
+        rows = await ledger.usage(UsageQuery(DAY1, DAY2))
+    finally:
+        await ledger.aclose()
+    # The new counts of a row written before the step read back as 0.
+    assert old == _record(
+        "old",
+        finished_at_unix_s=DAY1 + 1,
+        provider="p",
+        upstream_model="m",
+        input_tokens=5,
+        output_tokens=6,
+        cached_input_tokens=7,
+        cost_nano_usd=8,
+        price_version="v",
+        finish_reason="stop",
+        attempt_count=1,
+        latency_s=0.5,
+        attempts=(AttemptRecord("p", "m", "SUCCESS", 0.5, 5, 6, 7, 8),),
+    )
+    assert rows == [UsageRow({"tenant": "acme"}, 2, 6, 6, 7, 8, 40, 30, 20, 1)]
+
+
 def test_migration_steps_are_numbered_without_gaps() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
@@ -212,6 +306,29 @@ async def test_a_record_reads_back_from_postgresql_with_every_field(
     assert await _scalar(url, "SELECT count(*) FROM usage_calls WHERE request_id = 'req-1'") == 1
     assert await ledger.get("req-1") == record
     assert await ledger.get("req-2") is None
+
+
+_PART_COLUMNS = "cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, image_input_tokens"
+
+
+async def _all(url: str, sql: str) -> list[tuple[object, ...]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(sql)
+        return list(await cur.fetchall())
+
+
+async def test_cache_write_reasoning_and_image_tokens_reach_their_columns_and_read_back(
+    ledger: PostgresLedger, url: str
+) -> None:
+    record = _full_record("parts")
+    await ledger.write(record)
+    assert await ledger.get("parts") == record  # from the outbox, before delivery
+    await _delivered(ledger)
+    assert await ledger.get("parts") == record  # from PostgreSQL
+    assert await _all(url, f"SELECT {_PART_COLUMNS} FROM usage_calls") == [(2048, 1024, 120, 765)]
+    assert await _all(
+        url, f"SELECT {_PART_COLUMNS} FROM usage_attempts ORDER BY attempt_index"
+    ) == [(0, 0, 4, 0), (2048, 1024, 116, 765)]
 
 
 async def test_the_first_record_of_a_request_id_stands(ledger: PostgresLedger, url: str) -> None:
@@ -498,6 +615,36 @@ async def test_an_unwritable_outbox_makes_write_unavailable(tmp_path: Path) -> N
     await outbox.aclose()
 
 
+async def test_an_outbox_record_of_the_previous_gateway_is_delivered_with_zero_new_counts(
+    ledger: PostgresLedger, url: str, tmp_path: Path
+) -> None:
+    # Written by a gateway whose records had no cache-write, reasoning or image counts:
+    # a restart after the upgrade finds it in the outbox and delivers it.
+    older = orjson.loads(encode_record(_record("older", input_tokens=3, cost_nano_usd=9)))
+    for name in _PART_COLUMNS.split(", "):
+        del older[name]
+    older["attempts"] = [{"provider": "p", "upstream_model": "m", "outcome": "SUCCESS"}]
+    assert decode_record(orjson.dumps(older)) == _record(
+        "older", input_tokens=3, cost_nano_usd=9, attempts=(AttemptRecord("p", "m", "SUCCESS"),)
+    )
+    await ledger.aclose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.db")) as db, db:
+        db.execute(
+            "INSERT INTO outbox (request_id, tenant, finished_at_unix_s, record) "
+            "VALUES ('older', 'acme', ?, ?)",
+            (DAY1 + 60, orjson.dumps(older)),
+        )
+    reopened = await PostgresLedger.open(url, tmp_path / "outbox.db", poll_s=0.1)
+    try:
+        await _delivered(reopened)
+    finally:
+        await reopened.aclose()
+    assert await _all(url, f"SELECT input_tokens, {_PART_COLUMNS} FROM usage_calls") == [
+        (3, 0, 0, 0, 0)
+    ]
+    assert await _all(url, f"SELECT {_PART_COLUMNS} FROM usage_attempts") == [(0, 0, 0, 0)]
+
+
 def test_the_outbox_lives_beside_the_local_store() -> None:
     assert outbox_path_for(Path("data/llmgateway.db")) == Path("data/llmgateway.outbox.db")
 
@@ -579,6 +726,58 @@ async def test_usage_sums_groups_and_orders_over_a_half_open_range(
     ]
     with pytest.raises(ValueError, match="tag_name"):
         await ledger.usage(UsageQuery(DAY1, end, group_by=("tag",)))
+
+
+async def test_usage_sums_cache_write_reasoning_and_image_tokens_delivered_or_waiting(
+    postgres_server: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url = await _migrated(postgres_server)
+    ledger = await PostgresLedger.open(url, tmp_path / "delivered.db", poll_s=0.1)
+    await ledger.write(
+        _record(
+            "d1",
+            input_tokens=10,
+            cached_input_tokens=100,
+            cache_write_tokens=400,
+            cache_write_1h_tokens=300,
+            image_input_tokens=5,
+            cost_nano_usd=1,
+        )
+    )
+    await ledger.write(_record("d2", tenant="zeta", cache_write_tokens=1, reasoning_tokens=3))
+    await _delivered(ledger)
+    await ledger.aclose()
+    postgres_server.stop()
+    waiting = await PostgresLedger.open(url, tmp_path / "waiting.db", close_timeout_s=0.5)
+    await waiting.write(
+        _record("w1", output_tokens=20, reasoning_tokens=12, cache_write_tokens=8, cost_nano_usd=2)
+    )
+    await waiting.aclose()
+    postgres_server.start()
+
+    outbox = await Outbox.open(tmp_path / "waiting.db")  # read, never delivered
+    reader = await PostgresUsageReader.open(url, outbox=outbox)
+    try:
+        rows = await reader.usage(UsageQuery(DAY1, DAY2))
+    finally:
+        await reader.aclose()
+        await outbox.aclose()
+    assert rows == [
+        UsageRow(
+            {"tenant": "acme"},
+            calls=2,
+            input_tokens=10,
+            output_tokens=20,
+            cached_input_tokens=100,
+            cost_nano_usd=3,
+            cache_write_tokens=408,
+            cache_write_1h_tokens=300,
+            reasoning_tokens=12,
+            image_input_tokens=5,
+        ),
+        UsageRow({"tenant": "zeta"}, 1, 0, 0, 0, 0, cache_write_tokens=1, reasoning_tokens=3),
+    ]
 
 
 async def test_usage_counts_rows_still_in_the_outbox_once(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from llmgateway_server.pipeline.budget import ledger_spend, periods_at
 from llmgateway_server.storage.base import (
     AttemptRecord,
     StoreUnavailable,
@@ -63,6 +64,10 @@ async def test_a_record_reads_back_with_every_field_tags_and_attempts(
         input_tokens=1200,
         output_tokens=345,
         cached_input_tokens=1000,
+        cache_write_tokens=2048,
+        cache_write_1h_tokens=1024,
+        reasoning_tokens=120,
+        image_input_tokens=765,
         cost_nano_usd=9_876_543_210,
         price_version="2026-11",
         usage_estimated=True,
@@ -75,12 +80,108 @@ async def test_a_record_reads_back_with_every_field_tags_and_attempts(
         time_to_first_token_s=0.4,
         attempts=(
             AttemptRecord("openai", "gpt-x", "TRANSIENT", 0.5, 1200, 10, 0, 1_000, True),
-            AttemptRecord("anthropic", "claude-x", "SUCCESS", 0.7, 1200, 335, 1000, 9_876_542_210),
+            AttemptRecord(
+                "anthropic",
+                "claude-x",
+                "SUCCESS",
+                0.7,
+                1200,
+                335,
+                1000,
+                9_876_542_210,
+                cache_write_tokens=2048,
+                cache_write_1h_tokens=1024,
+                reasoning_tokens=120,
+                image_input_tokens=765,
+            ),
         ),
     )
     await ledger.write(record)
     assert await ledger.get("req-1") == record
     assert await ledger.get("req-2") is None
+
+
+async def test_cache_write_reasoning_and_image_tokens_are_kept_per_call_and_per_attempt(
+    ledger: SqliteLedger, tmp_path: Path
+) -> None:
+    attempts = (
+        AttemptRecord("openai", "o-x", "TRANSIENT", 0.1, 10, 7, 0, 5, reasoning_tokens=5),
+        AttemptRecord(
+            "anthropic",
+            "claude-x",
+            "SUCCESS",
+            0.2,
+            30,
+            9,
+            100,
+            50,
+            cache_write_tokens=400,
+            cache_write_1h_tokens=300,
+            reasoning_tokens=2,
+            image_input_tokens=25,
+        ),
+    )
+    record = _record(
+        "parts",
+        input_tokens=40,
+        output_tokens=16,
+        cached_input_tokens=100,
+        cache_write_tokens=400,
+        cache_write_1h_tokens=300,
+        reasoning_tokens=7,
+        image_input_tokens=25,
+        cost_nano_usd=55,
+        attempts=attempts,
+    )
+    await ledger.write(record)
+    assert await ledger.get("parts") == record
+    # In their own columns, not only in the record read back.
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as conn:
+        call = conn.execute(
+            "SELECT cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, "
+            "image_input_tokens FROM usage_calls WHERE request_id = 'parts'"
+        ).fetchone()
+        per_attempt = conn.execute(
+            "SELECT cache_write_tokens, cache_write_1h_tokens, reasoning_tokens, "
+            "image_input_tokens FROM usage_attempts ORDER BY seq"
+        ).fetchall()
+    assert call == (400, 300, 7, 25)
+    assert per_attempt == [(0, 0, 5, 0), (400, 300, 2, 25)]
+
+
+async def test_usage_sums_cache_write_reasoning_and_image_tokens(ledger: SqliteLedger) -> None:
+    await ledger.write(
+        _record(
+            "a",
+            input_tokens=10,
+            cached_input_tokens=100,
+            cache_write_tokens=400,
+            cache_write_1h_tokens=300,
+            image_input_tokens=5,
+            cost_nano_usd=1,
+        )
+    )
+    await ledger.write(
+        _record("b", output_tokens=20, reasoning_tokens=12, cache_write_tokens=8, cost_nano_usd=2)
+    )
+    await ledger.write(_record("c", tenant="zeta", cache_write_tokens=1, reasoning_tokens=3))
+    rows = await ledger.usage(UsageQuery(DAY1, DAY2))
+    assert rows == [
+        UsageRow(
+            {"tenant": "acme"},
+            calls=2,
+            input_tokens=10,
+            output_tokens=20,
+            cached_input_tokens=100,
+            cost_nano_usd=3,
+            cache_write_tokens=408,
+            cache_write_1h_tokens=300,
+            reasoning_tokens=12,
+            image_input_tokens=5,
+        ),
+        UsageRow({"tenant": "zeta"}, 1, 0, 0, 0, 0, cache_write_tokens=1, reasoning_tokens=3),
+    ]
+    assert rows[0].prompt_tokens == 10 + 100 + 408
 
 
 async def test_the_first_record_of_a_request_id_stands(ledger: SqliteLedger) -> None:
@@ -93,6 +194,31 @@ async def test_the_first_record_of_a_request_id_stands(ledger: SqliteLedger) -> 
     assert await ledger.get("dup") == first
     rows = await ledger.usage(UsageQuery(DAY1, DAY2))
     assert rows == [UsageRow({"tenant": "acme"}, 1, 0, 0, 0, 5)]
+
+
+async def test_budget_counters_rebuilt_from_the_ledger_count_every_prompt_token(
+    ledger: SqliteLedger,
+) -> None:
+    # A budget store that lost its counters is given the ledger's sums: the token
+    # dimension counts cache reads and cache writes as prompt tokens, as settle does.
+    periods = periods_at(DAY1 + 3600)
+    await ledger.write(
+        _record(
+            "r",
+            key_id="key-1",
+            input_tokens=10,
+            cached_input_tokens=100,
+            cache_write_tokens=400,
+            cache_write_1h_tokens=300,  # part of the 400
+            output_tokens=20,
+            reasoning_tokens=15,  # part of the 20
+            image_input_tokens=5,  # part of the 10
+            cost_nano_usd=7,
+        )
+    )
+    spent = await ledger_spend(ledger, periods)
+    assert spent[("acme", "tenant", "acme", "day", periods.day)] == (7, 530)
+    assert spent[("acme", "key", "key-1", "month", periods.month)] == (7, 530)
 
 
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from llmgateway_server import cli
 from llmgateway_server.storage import postgres
-from llmgateway_server.storage.base import SchemaTooNew, UsageRecord
+from llmgateway_server.storage.base import (
+    AttemptRecord,
+    SchemaTooNew,
+    UsageQuery,
+    UsageRecord,
+    UsageRow,
+)
 from llmgateway_server.storage.sqlite import (
     SCHEMA_VERSION,
     SqliteDatabase,
@@ -79,6 +85,82 @@ def test_a_file_made_by_the_first_schema_gets_every_later_step(tmp_path: Path) -
     assert migrate_file(path) == SCHEMA_VERSION
     indexes = {n for (n,) in _query(path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "budget_reservations_created" in indexes  # step 2: what prune() searches by
+
+
+async def test_a_version_3_file_gets_the_token_part_columns_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.db"
+    assert migrate_file(path, migrations=MIGRATIONS[:3]) == 3
+    # A call and its attempt as the version-3 gateway wrote them.
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO usage_calls (id, request_id, tenant, key_prefix, key_id, route, "
+            "provider, upstream_model, outcome, finished_at_unix_s, input_tokens, "
+            "output_tokens, cached_input_tokens, cost_nano_usd, price_version, "
+            "usage_estimated, streaming, error_reason, finish_reason, attempt_count, "
+            "trimmed_message_count, latency_s, time_to_first_token_s, guardrails) VALUES "
+            "(1, 'old', 'acme', '', '', 'default', 'p', 'm', 'success', 10.0, 5, 6, 7, 8, "
+            "'v', 0, 0, '', 'stop', 1, 0, 0.5, NULL, '{}')"
+        )
+        conn.execute(
+            "INSERT INTO usage_attempts VALUES (1, 0, 'p', 'm', 'SUCCESS', 0.5, 5, 6, 7, 8, 0)"
+        )
+
+    assert migrate_file(path) == SCHEMA_VERSION
+    assert _versions(path) == list(range(1, SCHEMA_VERSION + 1))
+    db = await SqliteDatabase.open(path)
+    ledger = SqliteLedger(db)
+    try:
+        old = await ledger.get("old")
+        new = UsageRecord(
+            "new",
+            "acme",
+            "default",
+            "success",
+            11.0,
+            input_tokens=1,
+            cache_write_tokens=40,
+            cache_write_1h_tokens=30,
+            reasoning_tokens=20,
+            image_input_tokens=1,
+            attempts=(
+                AttemptRecord(
+                    "p",
+                    "m",
+                    "SUCCESS",
+                    input_tokens=1,
+                    cache_write_tokens=40,
+                    cache_write_1h_tokens=30,
+                    reasoning_tokens=20,
+                    image_input_tokens=1,
+                ),
+            ),
+        )
+        await ledger.write(new)
+        assert await ledger.get("new") == new
+        rows = await ledger.usage(UsageQuery(0, 60))
+    finally:
+        await ledger.aclose()
+    assert old == UsageRecord(
+        "old",
+        "acme",
+        "default",
+        "success",
+        10.0,
+        provider="p",
+        upstream_model="m",
+        input_tokens=5,
+        output_tokens=6,
+        cached_input_tokens=7,
+        cost_nano_usd=8,
+        price_version="v",
+        finish_reason="stop",
+        attempt_count=1,
+        latency_s=0.5,
+        attempts=(AttemptRecord("p", "m", "SUCCESS", 0.5, 5, 6, 7, 8),),
+    )  # the new counts of a row written before the step read back as 0
+    assert rows == [UsageRow({"tenant": "acme"}, 2, 6, 6, 7, 8, 40, 30, 20, 1)]
 
 
 def test_a_failing_step_is_rolled_back_whole_and_the_earlier_steps_stay(tmp_path: Path) -> None:

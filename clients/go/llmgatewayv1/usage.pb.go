@@ -144,7 +144,9 @@ func (x *GetUsageResponse) GetRows() []*UsageRow {
 	return nil
 }
 
-// UsageRow is the usage of one group.
+// UsageRow is the usage of one group. The token counts are sums of the calls' Usage
+// (gateway.proto); the cache-write, reasoning and image counts are 0 for calls recorded
+// before the ledger kept them.
 type UsageRow struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The group's value for each `group_by` entry, keyed by the entry as sent ("tenant",
@@ -152,16 +154,25 @@ type UsageRow struct {
 	Group map[string]string `protobuf:"bytes,1,rep,name=group,proto3" json:"group,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Calls, whatever their outcome.
 	CallCount int64 `protobuf:"varint,2,opt,name=call_count,json=callCount,proto3" json:"call_count,omitempty"`
-	// Prompt tokens billed at the input price (excludes cached input tokens).
+	// Prompt tokens billed at the input price (excludes cached input tokens and cache
+	// writes).
 	InputTokenCount int64 `protobuf:"varint,3,opt,name=input_token_count,json=inputTokenCount,proto3" json:"input_token_count,omitempty"`
-	// Generated tokens.
+	// Generated tokens, reasoning included.
 	OutputTokenCount int64 `protobuf:"varint,4,opt,name=output_token_count,json=outputTokenCount,proto3" json:"output_token_count,omitempty"`
 	// Prompt tokens served from the provider's cache, billed at the cached price.
 	CachedInputTokenCount int64 `protobuf:"varint,5,opt,name=cached_input_token_count,json=cachedInputTokenCount,proto3" json:"cached_input_token_count,omitempty"`
 	// Cost in integer nano-US-dollars (1e-9 USD).
-	CostNanoUsd   int64 `protobuf:"varint,6,opt,name=cost_nano_usd,json=costNanoUsd,proto3" json:"cost_nano_usd,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CostNanoUsd int64 `protobuf:"varint,6,opt,name=cost_nano_usd,json=costNanoUsd,proto3" json:"cost_nano_usd,omitempty"`
+	// Prompt tokens written to the provider's cache, all TTLs.
+	CacheWriteInputTokenCount int64 `protobuf:"varint,7,opt,name=cache_write_input_token_count,json=cacheWriteInputTokenCount,proto3" json:"cache_write_input_token_count,omitempty"`
+	// The part of cache_write_input_token_count written with the 1-hour TTL.
+	CacheWrite_1HInputTokenCount int64 `protobuf:"varint,8,opt,name=cache_write_1h_input_token_count,json=cacheWrite1hInputTokenCount,proto3" json:"cache_write_1h_input_token_count,omitempty"`
+	// The part of output_token_count the model spent reasoning.
+	ReasoningTokenCount int64 `protobuf:"varint,9,opt,name=reasoning_token_count,json=reasoningTokenCount,proto3" json:"reasoning_token_count,omitempty"`
+	// The part of input_token_count that images took, where the provider reports it.
+	ImageInputTokenCount int64 `protobuf:"varint,10,opt,name=image_input_token_count,json=imageInputTokenCount,proto3" json:"image_input_token_count,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *UsageRow) Reset() {
@@ -236,6 +247,34 @@ func (x *UsageRow) GetCostNanoUsd() int64 {
 	return 0
 }
 
+func (x *UsageRow) GetCacheWriteInputTokenCount() int64 {
+	if x != nil {
+		return x.CacheWriteInputTokenCount
+	}
+	return 0
+}
+
+func (x *UsageRow) GetCacheWrite_1HInputTokenCount() int64 {
+	if x != nil {
+		return x.CacheWrite_1HInputTokenCount
+	}
+	return 0
+}
+
+func (x *UsageRow) GetReasoningTokenCount() int64 {
+	if x != nil {
+		return x.ReasoningTokenCount
+	}
+	return 0
+}
+
+func (x *UsageRow) GetImageInputTokenCount() int64 {
+	if x != nil {
+		return x.ImageInputTokenCount
+	}
+	return 0
+}
+
 var File_llmgateway_v1_usage_proto protoreflect.FileDescriptor
 
 const file_llmgateway_v1_usage_proto_rawDesc = "" +
@@ -248,7 +287,7 @@ const file_llmgateway_v1_usage_proto_rawDesc = "" +
 	"\bgroup_by\x18\x03 \x03(\tR\agroupBy\x12\x16\n" +
 	"\x06tenant\x18\x04 \x01(\tR\x06tenant\"?\n" +
 	"\x10GetUsageResponse\x12+\n" +
-	"\x04rows\x18\x01 \x03(\v2\x17.llmgateway.v1.UsageRowR\x04rows\"\xd4\x02\n" +
+	"\x04rows\x18\x01 \x03(\v2\x17.llmgateway.v1.UsageRowR\x04rows\"\xc8\x04\n" +
 	"\bUsageRow\x128\n" +
 	"\x05group\x18\x01 \x03(\v2\".llmgateway.v1.UsageRow.GroupEntryR\x05group\x12\x1d\n" +
 	"\n" +
@@ -256,7 +295,12 @@ const file_llmgateway_v1_usage_proto_rawDesc = "" +
 	"\x11input_token_count\x18\x03 \x01(\x03R\x0finputTokenCount\x12,\n" +
 	"\x12output_token_count\x18\x04 \x01(\x03R\x10outputTokenCount\x127\n" +
 	"\x18cached_input_token_count\x18\x05 \x01(\x03R\x15cachedInputTokenCount\x12\"\n" +
-	"\rcost_nano_usd\x18\x06 \x01(\x03R\vcostNanoUsd\x1a8\n" +
+	"\rcost_nano_usd\x18\x06 \x01(\x03R\vcostNanoUsd\x12@\n" +
+	"\x1dcache_write_input_token_count\x18\a \x01(\x03R\x19cacheWriteInputTokenCount\x12E\n" +
+	" cache_write_1h_input_token_count\x18\b \x01(\x03R\x1bcacheWrite1hInputTokenCount\x122\n" +
+	"\x15reasoning_token_count\x18\t \x01(\x03R\x13reasoningTokenCount\x125\n" +
+	"\x17image_input_token_count\x18\n" +
+	" \x01(\x03R\x14imageInputTokenCount\x1a8\n" +
 	"\n" +
 	"GroupEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +

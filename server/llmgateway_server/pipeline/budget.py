@@ -231,7 +231,15 @@ class BudgetPolicy:
         for target in state.route.targets:
             prompt = state.prompt_for(target)
             if prompt is not None:
-                worst = max(worst, worst_case_nano(prompt.token_bound, max_tokens, target.price))
+                worst = max(
+                    worst,
+                    worst_case_nano(
+                        prompt.token_bound,
+                        max_tokens,
+                        target.price,
+                        cache_writes=state.request.cache_breakpoints,
+                    ),
+                )
         return worst
 
     @staticmethod
@@ -247,7 +255,10 @@ class BudgetPolicy:
                 if prompt is None:
                     continue
                 fits = affordable_output_tokens(
-                    remaining.nano_usd, prompt.token_bound, target.price
+                    remaining.nano_usd,
+                    prompt.token_bound,
+                    target.price,
+                    cache_writes=state.request.cache_breakpoints,
                 )
                 if fits is not None:
                     affordable = min(affordable, fits)
@@ -260,7 +271,7 @@ class BudgetPolicy:
             return
         metered = state.metered if state.metered is not None else total(state.attempts)
         usage = metered.usage
-        tokens = usage.input_tokens + usage.cached_input_tokens + usage.output_tokens
+        tokens = usage.prompt_tokens + usage.output_tokens
         settle = self._store.settle
         try:
             try:
@@ -312,7 +323,7 @@ async def ledger_spend(ledger: UsageReader, periods: Periods) -> dict[SpentKey, 
             tenant, key_id = row.group["tenant"], row.group["key_id"]
             amount = (
                 row.cost_nano_usd,
-                row.input_tokens + row.output_tokens + row.cached_input_tokens,
+                row.prompt_tokens + row.output_tokens,
             )
             tenant_key: SpentKey = (tenant, "tenant", tenant, window_name, period)
             before = spent.get(tenant_key, (0, 0))

@@ -39,6 +39,10 @@ def build_record(state: CallState, now: float) -> UsageRecord:
         input_tokens=metered.usage.input_tokens,
         output_tokens=metered.usage.output_tokens,
         cached_input_tokens=metered.usage.cached_input_tokens,
+        cache_write_tokens=metered.usage.cache_write_tokens,
+        cache_write_1h_tokens=metered.usage.cache_write_1h_tokens,
+        reasoning_tokens=metered.usage.reasoning_tokens,
+        image_input_tokens=metered.usage.image_input_tokens,
         cost_nano_usd=metered.cost.total_nano_usd,
         price_version=metered.cost.price_version,
         usage_estimated=metered.estimated,
@@ -77,9 +81,14 @@ def _attempt_record(attempt: Attempt) -> AttemptRecord:
         latency_s=round(attempt.latency_s, 6),
     )
     if metered is not None:
-        record.input_tokens = metered.usage.input_tokens
-        record.output_tokens = metered.usage.output_tokens
-        record.cached_input_tokens = metered.usage.cached_input_tokens
+        usage = metered.usage
+        record.input_tokens = usage.input_tokens
+        record.output_tokens = usage.output_tokens
+        record.cached_input_tokens = usage.cached_input_tokens
+        record.cache_write_tokens = usage.cache_write_tokens
+        record.cache_write_1h_tokens = usage.cache_write_1h_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+        record.image_input_tokens = usage.image_input_tokens
         record.cost_nano_usd = metered.cost.total_nano_usd
         record.usage_estimated = metered.estimated
     return record

@@ -70,6 +70,12 @@ class AttemptRecord:
     cached_input_tokens: int = 0
     cost_nano_usd: int = 0
     usage_estimated: bool = False  # counted by the gateway: the upstream reported none
+    # Parts of the counts above, as in types.Usage (after usage_estimated: the fields
+    # before keep their positions).
+    cache_write_tokens: int = 0  # prompt tokens written to the cache, every TTL
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens with the 1-hour TTL
+    reasoning_tokens: int = 0  # the part of output_tokens spent reasoning
+    image_input_tokens: int = 0  # the part of input_tokens that images took
 
 
 @dataclass(slots=True)  # built per call: frozen init costs a setattr per field
@@ -78,7 +84,10 @@ class UsageRecord:
     cancellation, or abandoned (found at start-up from a dead process's reservation).
 
     Token counts and cost are the call's total over its attempts; ``attempts`` holds each
-    one's share.
+    one's share. The counts are those of ``types.Usage``: ``input_tokens``,
+    ``cached_input_tokens`` and ``cache_write_tokens`` do not overlap;
+    ``cache_write_1h_tokens`` is part of ``cache_write_tokens``, ``reasoning_tokens`` of
+    ``output_tokens``, ``image_input_tokens`` of ``input_tokens``.
     """
 
     request_id: str
@@ -94,6 +103,10 @@ class UsageRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_input_tokens: int = 0
     cost_nano_usd: int = 0
     price_version: str = ""
     usage_estimated: bool = False
@@ -144,7 +157,9 @@ class UsageQuery:
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    """One group of a usage report."""
+    """One group of a usage report: the sums of its records' counts. The cache-write,
+    reasoning and image counts come after the cost and default to 0 (a row built
+    positionally without them stays valid)."""
 
     group: Mapping[str, str]  # group_by name -> value ("" where the row has none)
     calls: int
@@ -152,6 +167,15 @@ class UsageRow:
     output_tokens: int
     cached_input_tokens: int
     cost_nano_usd: int
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_input_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Every input token, however billed (as ``types.Usage.prompt_tokens``)."""
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_tokens
 
 
 class UsageReader(Protocol):

@@ -160,6 +160,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                     output_token_count=line.output_tokens,
                     cached_input_token_count=line.cached_input_tokens,
                     cost_nano_usd=line.cost_nano_usd,
+                    cache_write_input_token_count=line.cache_write_tokens,
+                    cache_write_1h_input_token_count=line.cache_write_1h_tokens,
+                    reasoning_token_count=line.reasoning_tokens,
+                    image_input_token_count=line.image_input_tokens,
                 )
                 for line in lines
             ]

@@ -57,6 +57,10 @@ CALL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("input_tokens", "int8"),
     ("output_tokens", "int8"),
     ("cached_input_tokens", "int8"),
+    ("cache_write_tokens", "int8"),
+    ("cache_write_1h_tokens", "int8"),
+    ("reasoning_tokens", "int8"),
+    ("image_input_tokens", "int8"),
     ("cost_nano_usd", "int8"),
     ("price_version", "text"),
     ("usage_estimated", "bool"),
@@ -81,6 +85,10 @@ ATTEMPT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("cached_input_tokens", "int8"),
     ("cost_nano_usd", "int8"),
     ("usage_estimated", "bool"),
+    ("cache_write_tokens", "int8"),
+    ("cache_write_1h_tokens", "int8"),
+    ("reasoning_tokens", "int8"),
+    ("image_input_tokens", "int8"),
 )
 
 

@@ -117,6 +117,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         "what the guardrails found, per call",
         ("ALTER TABLE usage_calls ADD COLUMN guardrails jsonb NOT NULL DEFAULT '{}'::jsonb",),
     ),
+    Migration(
+        4,
+        "cache write, reasoning and image input tokens, per call and per attempt",
+        # Parts of the token counts, as in types.Usage; rows written before this step
+        # read back with 0 (a constant default: no table rewrite).
+        (
+            """
+            ALTER TABLE usage_calls
+                ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN cache_write_1h_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN image_input_tokens bigint NOT NULL DEFAULT 0
+            """,
+            """
+            ALTER TABLE usage_attempts
+                ADD COLUMN cache_write_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN cache_write_1h_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN reasoning_tokens bigint NOT NULL DEFAULT 0,
+                ADD COLUMN image_input_tokens bigint NOT NULL DEFAULT 0
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

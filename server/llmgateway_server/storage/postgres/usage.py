@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from operator import attrgetter
 
 from psycopg.rows import TupleRow
 
@@ -39,7 +40,21 @@ _GROUP_SQL: dict[GroupBy, str] = {
 }
 _EPOCH = dt.date(1970, 1, 1)
 
-Totals = list[int]  # calls, input, output, cached input tokens, cost
+# What a report sums, in UsageRow's order after ``calls`` (named as its fields, and as
+# the columns of usage_calls).
+_SUMMED = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cost_nano_usd",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
+)
+_record_sums = attrgetter(*_SUMMED)
+
+Totals = list[int]  # calls, then each of _SUMMED
 
 
 def _names(columns: Sequence[tuple[str, str]]) -> str:
@@ -79,10 +94,7 @@ def _statement(query: UsageQuery) -> str:
         [
             *groups,
             "count(*)",
-            "coalesce(sum(input_tokens), 0)",
-            "coalesce(sum(output_tokens), 0)",
-            "coalesce(sum(cached_input_tokens), 0)",
-            "coalesce(sum(cost_nano_usd), 0)",
+            *(f"coalesce(sum({name}), 0)" for name in _SUMMED),
         ]
     )
     where = "finished_at_unix_s >= %(start)s AND finished_at_unix_s < %(end)s"
@@ -196,20 +208,15 @@ def _merge(
         if counts[0]:  # GROUP BY () answers one row even over no rows
             totals[key] = counts
     for record in waiting:
-        sums = totals.setdefault(_record_group(record, query), [0, 0, 0, 0, 0])
+        sums = totals.setdefault(_record_group(record, query), [0] * (1 + len(_SUMMED)))
         sums[0] += 1
-        sums[1] += record.input_tokens
-        sums[2] += record.output_tokens
-        sums[3] += record.cached_input_tokens
-        sums[4] += record.cost_nano_usd
+        for i, value in enumerate(_record_sums(record), start=1):
+            sums[i] += value
     return [
         UsageRow(
             group=dict(zip(query.group_by, key, strict=True)),
             calls=sums[0],
-            input_tokens=sums[1],
-            output_tokens=sums[2],
-            cached_input_tokens=sums[3],
-            cost_nano_usd=sums[4],
+            **dict(zip(_SUMMED, sums[1:], strict=True)),
         )
         for key, sums in sorted(totals.items())
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from functools import partial
+from operator import attrgetter
 
 import orjson
 
@@ -35,6 +36,10 @@ _CALL_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cached_input_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
     "cost_nano_usd",
     "price_version",
     "usage_estimated",
@@ -64,10 +69,28 @@ _ATTEMPT_COLUMNS = (
     "cached_input_tokens",
     "cost_nano_usd",
     "usage_estimated",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
 )
+# An attempt's values in _ATTEMPT_COLUMNS order (columns are named as its fields).
+_attempt_values = attrgetter(*_ATTEMPT_COLUMNS)
 _INSERT_ATTEMPT = (
     f"INSERT INTO usage_attempts (call_id, seq, {', '.join(_ATTEMPT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * (len(_ATTEMPT_COLUMNS) + 2))})"
+)
+
+# What a report sums, in UsageRow's order after ``calls`` (named as its fields).
+_SUMMED = (
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cost_nano_usd",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "image_input_tokens",
 )
 
 # What each group_by name groups on.
@@ -127,22 +150,7 @@ def _insert(record: UsageRecord, conn: sqlite3.Connection) -> None:
     if record.attempts:
         conn.executemany(
             _INSERT_ATTEMPT,
-            [
-                (
-                    call_id,
-                    seq,
-                    a.provider,
-                    a.upstream_model,
-                    a.outcome,
-                    a.latency_s,
-                    a.input_tokens,
-                    a.output_tokens,
-                    a.cached_input_tokens,
-                    a.cost_nano_usd,
-                    a.usage_estimated,
-                )
-                for seq, a in enumerate(record.attempts)
-            ],
+            [(call_id, seq, *_attempt_values(a)) for seq, a in enumerate(record.attempts)],
         )
 
 
@@ -164,8 +172,7 @@ def _usage(query: UsageQuery, conn: sqlite3.Connection) -> list[UsageRow]:
     positions = ", ".join(str(i + 1) for i in range(len(groups)))
     sql = (
         f"SELECT {''.join(g + ', ' for g in groups)}"
-        "COUNT(*), SUM(c.input_tokens), SUM(c.output_tokens), "
-        "SUM(c.cached_input_tokens), SUM(c.cost_nano_usd) "
+        f"COUNT(*), {', '.join(f'SUM(c.{name})' for name in _SUMMED)} "
         f"FROM usage_calls c {join} WHERE {where}"
     )
     if groups:
@@ -180,10 +187,7 @@ def _usage(query: UsageQuery, conn: sqlite3.Connection) -> list[UsageRow]:
             UsageRow(
                 group={name: str(value) for name, value in zip(names, row, strict=False)},
                 calls=calls,
-                input_tokens=int(sums[0]),
-                output_tokens=int(sums[1]),
-                cached_input_tokens=int(sums[2]),
-                cost_nano_usd=int(sums[3]),
+                **{name: int(value) for name, value in zip(_SUMMED, sums, strict=True)},
             )
         )
     return rows
@@ -204,17 +208,7 @@ def _get(request_id: str, conn: sqlite3.Connection) -> UsageRecord | None:
         ).fetchall()
     )
     attempts = tuple(
-        AttemptRecord(
-            provider=a[0],
-            upstream_model=a[1],
-            outcome=a[2],
-            latency_s=a[3],
-            input_tokens=a[4],
-            output_tokens=a[5],
-            cached_input_tokens=a[6],
-            cost_nano_usd=a[7],
-            usage_estimated=bool(a[8]),
-        )
+        _attempt(dict(zip(_ATTEMPT_COLUMNS, a, strict=True)))
         for a in conn.execute(
             f"SELECT {', '.join(_ATTEMPT_COLUMNS)} FROM usage_attempts "
             "WHERE call_id = ? ORDER BY seq",
@@ -225,3 +219,8 @@ def _get(request_id: str, conn: sqlite3.Connection) -> UsageRecord | None:
         values[flag] = bool(values[flag])
     values["guardrails"] = orjson.loads(values["guardrails"])
     return UsageRecord(**values, tags=tags, attempts=attempts)
+
+
+def _attempt(values: dict[str, object]) -> AttemptRecord:
+    values["usage_estimated"] = bool(values["usage_estimated"])
+    return AttemptRecord(**values)  # type: ignore[arg-type]

@@ -166,7 +166,24 @@ _V3 = Migration(
     ("ALTER TABLE usage_calls ADD COLUMN guardrails TEXT NOT NULL DEFAULT '{}'",),
 )
 
-MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3)
+_V4 = Migration(
+    4,
+    "cache write, reasoning and image input tokens, per call and per attempt",
+    # Parts of the token counts, as in types.Usage (SQLite adds one column per ALTER);
+    # rows written before this step read back with 0.
+    (
+        "ALTER TABLE usage_calls ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_calls ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_calls ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_calls ADD COLUMN image_input_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_attempts ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_attempts ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_attempts ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_attempts ADD COLUMN image_input_tokens INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
+MIGRATIONS: tuple[Migration, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

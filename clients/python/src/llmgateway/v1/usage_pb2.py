@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmgateway/v1/usage.proto\x12\rllmgateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x0fGetUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08group_by\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"9\n\x10GetUsageResponse\x12%\n\x04rows\x18\x01 \x03(\x0b\x32\x17.llmgateway.v1.UsageRow\"\xef\x01\n\x08UsageRow\x12\x31\n\x05group\x18\x01 \x03(\x0b\x32\".llmgateway.v1.UsageRow.GroupEntry\x12\x12\n\ncall_count\x18\x02 \x01(\x03\x12\x19\n\x11input_token_count\x18\x03 \x01(\x03\x12\x1a\n\x12output_token_count\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63hed_input_token_count\x18\x05 \x01(\x03\x12\x15\n\rcost_nano_usd\x18\x06 \x01(\x03\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32[\n\x0cUsageService\x12K\n\x08GetUsage\x12\x1e.llmgateway.v1.GetUsageRequest\x1a\x1f.llmgateway.v1.GetUsageResponseBGZEgithub.com/llmgateway/llmgateway/clients/go/llmgatewayv1;llmgatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmgateway/v1/usage.proto\x12\rllmgateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n\x0fGetUsageRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08group_by\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"9\n\x10GetUsageResponse\x12%\n\x04rows\x18\x01 \x03(\x0b\x32\x17.llmgateway.v1.UsageRow\"\x80\x03\n\x08UsageRow\x12\x31\n\x05group\x18\x01 \x03(\x0b\x32\".llmgateway.v1.UsageRow.GroupEntry\x12\x12\n\ncall_count\x18\x02 \x01(\x03\x12\x19\n\x11input_token_count\x18\x03 \x01(\x03\x12\x1a\n\x12output_token_count\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63hed_input_token_count\x18\x05 \x01(\x03\x12\x15\n\rcost_nano_usd\x18\x06 \x01(\x03\x12%\n\x1d\x63\x61\x63he_write_input_token_count\x18\x07 \x01(\x03\x12(\n cache_write_1h_input_token_count\x18\x08 \x01(\x03\x12\x1d\n\x15reasoning_token_count\x18\t \x01(\x03\x12\x1f\n\x17image_input_token_count\x18\n \x01(\x03\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32[\n\x0cUsageService\x12K\n\x08GetUsage\x12\x1e.llmgateway.v1.GetUsageRequest\x1a\x1f.llmgateway.v1.GetUsageResponseBGZEgithub.com/llmgateway/llmgateway/clients/go/llmgatewayv1;llmgatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGERESPONSE']._serialized_start=225
   _globals['_GETUSAGERESPONSE']._serialized_end=282
   _globals['_USAGEROW']._serialized_start=285
-  _globals['_USAGEROW']._serialized_end=524
-  _globals['_USAGEROW_GROUPENTRY']._serialized_start=480
-  _globals['_USAGEROW_GROUPENTRY']._serialized_end=524
-  _globals['_USAGESERVICE']._serialized_start=526
-  _globals['_USAGESERVICE']._serialized_end=617
+  _globals['_USAGEROW']._serialized_end=669
+  _globals['_USAGEROW_GROUPENTRY']._serialized_start=625
+  _globals['_USAGEROW_GROUPENTRY']._serialized_end=669
+  _globals['_USAGESERVICE']._serialized_start=671
+  _globals['_USAGESERVICE']._serialized_end=762
 # @@protoc_insertion_point(module_scope)

@@ -90,7 +90,10 @@ Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
 
 @_typing.final
 class UsageRow(_message.Message):
-    """UsageRow is the usage of one group."""
+    """UsageRow is the usage of one group. The token counts are sums of the calls' Usage
+    (gateway.proto); the cache-write, reasoning and image counts are 0 for calls recorded
+    before the ledger kept them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -120,16 +123,30 @@ class UsageRow(_message.Message):
     OUTPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     COST_NANO_USD_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    REASONING_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    IMAGE_INPUT_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     call_count: _builtins.int
     """Calls, whatever their outcome."""
     input_token_count: _builtins.int
-    """Prompt tokens billed at the input price (excludes cached input tokens)."""
+    """Prompt tokens billed at the input price (excludes cached input tokens and cache
+    writes).
+    """
     output_token_count: _builtins.int
-    """Generated tokens."""
+    """Generated tokens, reasoning included."""
     cached_input_token_count: _builtins.int
     """Prompt tokens served from the provider's cache, billed at the cached price."""
     cost_nano_usd: _builtins.int
     """Cost in integer nano-US-dollars (1e-9 USD)."""
+    cache_write_input_token_count: _builtins.int
+    """Prompt tokens written to the provider's cache, all TTLs."""
+    cache_write_1h_input_token_count: _builtins.int
+    """The part of cache_write_input_token_count written with the 1-hour TTL."""
+    reasoning_token_count: _builtins.int
+    """The part of output_token_count the model spent reasoning."""
+    image_input_token_count: _builtins.int
+    """The part of input_token_count that images took, where the provider reports it."""
     @_builtins.property
     def group(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The group's value for each `group_by` entry, keyed by the entry as sent ("tenant",
@@ -145,10 +162,14 @@ class UsageRow(_message.Message):
         output_token_count: _builtins.int = ...,
         cached_input_token_count: _builtins.int = ...,
         cost_nano_usd: _builtins.int = ...,
+        cache_write_input_token_count: _builtins.int = ...,
+        cache_write_1h_input_token_count: _builtins.int = ...,
+        reasoning_token_count: _builtins.int = ...,
+        image_input_token_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_token_count", b"cached_input_token_count", "call_count", b"call_count", "cost_nano_usd", b"cost_nano_usd", "group", b"group", "input_token_count", b"input_token_count", "output_token_count", b"output_token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_1h_input_token_count", b"cache_write_1h_input_token_count", "cache_write_input_token_count", b"cache_write_input_token_count", "cached_input_token_count", b"cached_input_token_count", "call_count", b"call_count", "cost_nano_usd", b"cost_nano_usd", "group", b"group", "image_input_token_count", b"image_input_token_count", "input_token_count", b"input_token_count", "output_token_count", b"output_token_count", "reasoning_token_count", b"reasoning_token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmgateway/v1/usage.proto.
  */
 export const file_llmgateway_v1_usage: GenFile = /*@__PURE__*/
-  fileDesc("ChlsbG1nYXRld2F5L3YxL3VzYWdlLnByb3RvEg1sbG1nYXRld2F5LnYxIpEBCg9HZXRVc2FnZVJlcXVlc3QSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGdyb3VwX2J5GAMgAygJEg4KBnRlbmFudBgEIAEoCSI5ChBHZXRVc2FnZVJlc3BvbnNlEiUKBHJvd3MYASADKAsyFy5sbG1nYXRld2F5LnYxLlVzYWdlUm93Iu8BCghVc2FnZVJvdxIxCgVncm91cBgBIAMoCzIiLmxsbWdhdGV3YXkudjEuVXNhZ2VSb3cuR3JvdXBFbnRyeRISCgpjYWxsX2NvdW50GAIgASgDEhkKEWlucHV0X3Rva2VuX2NvdW50GAMgASgDEhoKEm91dHB1dF90b2tlbl9jb3VudBgEIAEoAxIgChhjYWNoZWRfaW5wdXRfdG9rZW5fY291bnQYBSABKAMSFQoNY29zdF9uYW5vX3VzZBgGIAEoAxosCgpHcm91cEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEyWwoMVXNhZ2VTZXJ2aWNlEksKCEdldFVzYWdlEh4ubGxtZ2F0ZXdheS52MS5HZXRVc2FnZVJlcXVlc3QaHy5sbG1nYXRld2F5LnYxLkdldFVzYWdlUmVzcG9uc2VCR1pFZ2l0aHViLmNvbS9sbG1nYXRld2F5L2xsbWdhdGV3YXkvY2xpZW50cy9nby9sbG1nYXRld2F5djE7bGxtZ2F0ZXdheXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChlsbG1nYXRld2F5L3YxL3VzYWdlLnByb3RvEg1sbG1nYXRld2F5LnYxIpEBCg9HZXRVc2FnZVJlcXVlc3QSLgoKc3RhcnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGdyb3VwX2J5GAMgAygJEg4KBnRlbmFudBgEIAEoCSI5ChBHZXRVc2FnZVJlc3BvbnNlEiUKBHJvd3MYASADKAsyFy5sbG1nYXRld2F5LnYxLlVzYWdlUm93IoADCghVc2FnZVJvdxIxCgVncm91cBgBIAMoCzIiLmxsbWdhdGV3YXkudjEuVXNhZ2VSb3cuR3JvdXBFbnRyeRISCgpjYWxsX2NvdW50GAIgASgDEhkKEWlucHV0X3Rva2VuX2NvdW50GAMgASgDEhoKEm91dHB1dF90b2tlbl9jb3VudBgEIAEoAxIgChhjYWNoZWRfaW5wdXRfdG9rZW5fY291bnQYBSABKAMSFQoNY29zdF9uYW5vX3VzZBgGIAEoAxIlCh1jYWNoZV93cml0ZV9pbnB1dF90b2tlbl9jb3VudBgHIAEoAxIoCiBjYWNoZV93cml0ZV8xaF9pbnB1dF90b2tlbl9jb3VudBgIIAEoAxIdChVyZWFzb25pbmdfdG9rZW5fY291bnQYCSABKAMSHwoXaW1hZ2VfaW5wdXRfdG9rZW5fY291bnQYCiABKAMaLAoKR3JvdXBFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBMlsKDFVzYWdlU2VydmljZRJLCghHZXRVc2FnZRIeLmxsbWdhdGV3YXkudjEuR2V0VXNhZ2VSZXF1ZXN0Gh8ubGxtZ2F0ZXdheS52MS5HZXRVc2FnZVJlc3BvbnNlQkdaRWdpdGh1Yi5jb20vbGxtZ2F0ZXdheS9sbG1nYXRld2F5L2NsaWVudHMvZ28vbGxtZ2F0ZXdheXYxO2xsbWdhdGV3YXl2MWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * GetUsageRequest is a time range, a grouping and an optional tenant.
@@ -81,7 +81,9 @@ export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*
   messageDesc(file_llmgateway_v1_usage, 1);
 
 /**
- * UsageRow is the usage of one group.
+ * UsageRow is the usage of one group. The token counts are sums of the calls' Usage
+ * (gateway.proto); the cache-write, reasoning and image counts are 0 for calls recorded
+ * before the ledger kept them.
  *
  * @generated from message llmgateway.v1.UsageRow
  */
@@ -102,14 +104,15 @@ export type UsageRow = Message<"llmgateway.v1.UsageRow"> & {
   callCount: bigint;
 
   /**
-   * Prompt tokens billed at the input price (excludes cached input tokens).
+   * Prompt tokens billed at the input price (excludes cached input tokens and cache
+   * writes).
    *
    * @generated from field: int64 input_token_count = 3;
    */
   inputTokenCount: bigint;
 
   /**
-   * Generated tokens.
+   * Generated tokens, reasoning included.
    *
    * @generated from field: int64 output_token_count = 4;
    */
@@ -128,6 +131,34 @@ export type UsageRow = Message<"llmgateway.v1.UsageRow"> & {
    * @generated from field: int64 cost_nano_usd = 6;
    */
   costNanoUsd: bigint;
+
+  /**
+   * Prompt tokens written to the provider's cache, all TTLs.
+   *
+   * @generated from field: int64 cache_write_input_token_count = 7;
+   */
+  cacheWriteInputTokenCount: bigint;
+
+  /**
+   * The part of cache_write_input_token_count written with the 1-hour TTL.
+   *
+   * @generated from field: int64 cache_write_1h_input_token_count = 8;
+   */
+  cacheWrite1hInputTokenCount: bigint;
+
+  /**
+   * The part of output_token_count the model spent reasoning.
+   *
+   * @generated from field: int64 reasoning_token_count = 9;
+   */
+  reasoningTokenCount: bigint;
+
+  /**
+   * The part of input_token_count that images took, where the provider reports it.
+   *
+   * @generated from field: int64 image_input_token_count = 10;
+   */
+  imageInputTokenCount: bigint;
 };
 
 /**
