@@ -461,7 +461,17 @@ def _usage(args: argparse.Namespace, channel: grpc.Channel, md: tuple[Any, ...])
         _print_json(reply)
         return 0
     groups = group_by or ["tenant"]
-    header = [*groups, "calls", "input_tokens", "output_tokens", "cached_input_tokens"]
+    header = [
+        *groups,
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "cache_write_1h_tokens",
+        "reasoning_tokens",
+        "image_input_tokens",
+    ]
     rows = [
         [
             *(r.group.get(g, "") for g in groups),
@@ -469,6 +479,10 @@ def _usage(args: argparse.Namespace, channel: grpc.Channel, md: tuple[Any, ...])
             str(r.input_token_count),
             str(r.output_token_count),
             str(r.cached_input_token_count),
+            str(r.cache_write_input_token_count),
+            str(r.cache_write_1h_input_token_count),
+            str(r.reasoning_token_count),
+            str(r.image_input_token_count),
         ]
         for r in reply.rows
     ]

@@ -119,6 +119,10 @@ async def test_usage_as_csv_adds_up_to_the_ledger(capsys: pytest.CaptureFixture[
                 "input_tokens": str(sum(r.input_tokens for r in records)),
                 "output_tokens": str(sum(r.output_tokens for r in records)),
                 "cached_input_tokens": "0",
+                "cache_write_tokens": "0",
+                "cache_write_1h_tokens": "0",
+                "reasoning_tokens": "0",
+                "image_input_tokens": "0",
                 "cost_nano_usd": str(sum(r.cost_nano_usd for r in records)),
                 "cost_usd": f"0.{sum(r.cost_nano_usd for r in records):09d}",
             }
@@ -128,7 +132,8 @@ async def test_usage_as_csv_adds_up_to_the_ledger(capsys: pytest.CaptureFixture[
             capsys, gw, "usage", "--from", "2000-01-01", "--to", "2000-02-01", "--csv"
         )
         assert out.splitlines() == [
-            "tenant,calls,input_tokens,output_tokens,cached_input_tokens,cost_nano_usd,cost_usd"
+            "tenant,calls,input_tokens,output_tokens,cached_input_tokens,cache_write_tokens,"
+            "cache_write_1h_tokens,reasoning_tokens,image_input_tokens,cost_nano_usd,cost_usd"
         ]
 
 
